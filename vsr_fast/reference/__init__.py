@@ -1,7 +1,18 @@
 """Pure-PyTorch reference implementations: the spec every fast path is tested against.
 
-Imports nothing from the rest of vsr_fast.
+Imports nothing from the rest of vsr_fast at import time (loading ``*_pretrained`` files goes through
+`vsr_fast.checkpoint`, imported only when a path is given).
 """
+from .basicvsr import BasicVSR
+from .blocks import ConvModule, PixelShufflePack, ResidualBlockNoBN, ResidualBlocksWithInputConv
+from .dcn import ModulatedDCNPack, modulated_deform_conv2d
+from .edvr import EDVRFeatureExtractor, PCDAlignment, TSAFusion
 from .flow_warp import flow_warp
+from .iconvsr import IconVSR
+from .spynet import SPyNet, SPyNetBasicModule
 
-__all__ = ["flow_warp"]
+__all__ = [
+    "flow_warp", "SPyNet", "SPyNetBasicModule", "BasicVSR", "IconVSR", "EDVRFeatureExtractor",
+    "PCDAlignment", "TSAFusion", "ModulatedDCNPack", "modulated_deform_conv2d", "ResidualBlockNoBN",
+    "ResidualBlocksWithInputConv", "PixelShufflePack", "ConvModule",
+]
