@@ -1,0 +1,237 @@
+// CUDA kernels of vsr_fast::flow_warp and vsr_fast::_flow_warp_backward. The sampling maths is the
+// shared header's, so CPU and CUDA compute the same taps and weights.
+//
+// Forward: one thread per (pixel, block of channels); consecutive threads take consecutive pixels of
+// the same channel block, so NCHW reads and writes coalesce. Backward: one thread per pixel loops over
+// all channels, so grad_flow is a private sum (deterministic) while grad_x is scattered with float
+// atomics (non-deterministic order, reported to torch's deterministic mode).
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/empty_strided.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <array>
+#include <tuple>
+
+#include "vsr_fast/flow_warp.h"
+
+namespace vsr_fast {
+namespace {
+
+using namespace flow_warp_math;
+
+constexpr int kThreads = 256;
+constexpr int kForwardChannels = 8;  // channels per forward thread
+
+struct Shape {
+  int64_t n, c, h, w;
+};
+
+template <typename index_t>
+struct Strides4 {
+  index_t s0, s1, s2, s3;
+};
+
+template <typename index_t>
+Strides4<index_t> strides_of(const at::Tensor& t) {
+  return {static_cast<index_t>(t.stride(0)), static_cast<index_t>(t.stride(1)),
+          static_cast<index_t>(t.stride(2)), static_cast<index_t>(t.stride(3))};
+}
+
+// True when every element offset of every tensor, and the thread count, fits in int32.
+bool fits_int32(std::initializer_list<const at::Tensor*> tensors, int64_t threads) {
+  constexpr int64_t limit = std::numeric_limits<int32_t>::max();
+  if (threads > limit - kThreads) return false;  // the last block's idx may pass `threads`
+  for (const at::Tensor* t : tensors) {
+    int64_t max_offset = 0;
+    for (int64_t d = 0; d < t->dim(); ++d) max_offset += (t->size(d) - 1) * t->stride(d);
+    if (max_offset >= limit || t->numel() >= limit) return false;
+  }
+  return true;
+}
+
+template <typename scalar_t, typename flow_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+forward_kernel(const scalar_t* __restrict__ x, const flow_t* __restrict__ flow,
+               scalar_t* __restrict__ out, Shape shape, Strides4<index_t> xs, Strides4<index_t> os,
+               Strides4<index_t> fs, index_t pixels, index_t total, int64_t interpolation,
+               int64_t padding_mode, bool align_corners) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const index_t idx = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (idx >= total) return;
+  const index_t pixel = idx % pixels;
+  const index_t c0 = (idx / pixels) * kForwardChannels;
+  const index_t W = static_cast<index_t>(shape.w), H = static_cast<index_t>(shape.h);
+  const index_t ix = pixel % W;
+  const index_t y = (pixel / W) % H;
+  const index_t n = pixel / (W * H);
+  const flow_t* f = flow + n * fs.s0 + y * fs.s1 + ix * fs.s2;
+  const PixelTaps<acc_t> t = pixel_taps<acc_t>(y, ix, static_cast<acc_t>(f[0]),
+                                               static_cast<acc_t>(f[fs.s3]), shape.h, shape.w, xs.s2,
+                                               xs.s3, align_corners, padding_mode, interpolation);
+  const index_t cn = min(static_cast<index_t>(kForwardChannels), static_cast<index_t>(shape.c) - c0);
+  const scalar_t* in = x + n * xs.s0 + c0 * xs.s1;
+  scalar_t* o = out + n * os.s0 + c0 * os.s1 + y * os.s2 + ix * os.s3;
+  for (index_t c = 0; c < cn; ++c) {
+    acc_t v = t.nan_out ? static_cast<acc_t>(NAN) : acc_t(0);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (k < t.num_taps && t.valid[k]) {
+        v += t.weight[k] * static_cast<acc_t>(in[static_cast<index_t>(t.offset[k]) + c * xs.s1]);
+      }
+    }
+    o[c * os.s1] = static_cast<scalar_t>(v);
+  }
+}
+
+at::Tensor flow_warp_cuda(const at::Tensor& x, const at::Tensor& flow, int64_t interpolation,
+                          int64_t padding_mode, bool align_corners) {
+  check_flow_warp_args("vsr_fast::flow_warp", x, flow, interpolation, padding_mode);
+  TORCH_CHECK(x.is_cuda(), "vsr_fast::flow_warp: CUDA kernel called with x on ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty_like(x);
+  if (out.numel() == 0) return out;
+  const Shape shape{x.size(0), x.size(1), x.size(2), x.size(3)};
+  const int64_t pixels = shape.n * shape.h * shape.w;
+  const int64_t total = pixels * ((shape.c + kForwardChannels - 1) / kForwardChannels);
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vsr_fast::flow_warp", [&] {
+    auto launch = [&](auto index_zero, auto flow_zero) {
+      using index_t = decltype(index_zero);
+      using flow_t = decltype(flow_zero);
+      forward_kernel<scalar_t, flow_t, index_t><<<blocks, kThreads, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), flow.const_data_ptr<flow_t>(),
+          out.mutable_data_ptr<scalar_t>(), shape, strides_of<index_t>(x), strides_of<index_t>(out),
+          strides_of<index_t>(flow), static_cast<index_t>(pixels), static_cast<index_t>(total),
+          interpolation, padding_mode, align_corners);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    const bool small = fits_int32({&x, &flow, &out}, total);
+    const bool same = flow.scalar_type() == x.scalar_type();
+    if (small && same) launch(int32_t{0}, scalar_t{0});
+    else if (small) launch(int32_t{0}, float{0});
+    else if (same) launch(int64_t{0}, scalar_t{0});
+    else launch(int64_t{0}, float{0});
+  });
+  return out;
+}
+
+template <typename scalar_t, typename flow_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
+                const flow_t* __restrict__ flow, at::opmath_type<scalar_t>* __restrict__ grad_x,
+                flow_t* __restrict__ grad_flow, Shape shape, Strides4<index_t> gs,
+                Strides4<index_t> xs, Strides4<index_t> fs, Strides4<index_t> gfs, index_t pixels,
+                int64_t interpolation, int64_t padding_mode, bool align_corners) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const index_t pixel = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (pixel >= pixels) return;
+  const index_t W = static_cast<index_t>(shape.w), H = static_cast<index_t>(shape.h);
+  const index_t ix = pixel % W;
+  const index_t y = (pixel / W) % H;
+  const index_t n = pixel / (W * H);
+  const flow_t* f = flow + n * fs.s0 + y * fs.s1 + ix * fs.s2;
+  const PixelTaps<acc_t> t = pixel_taps<acc_t>(y, ix, static_cast<acc_t>(f[0]),
+                                               static_cast<acc_t>(f[fs.s3]), shape.h, shape.w, xs.s2,
+                                               xs.s3, align_corners, padding_mode, interpolation);
+  const scalar_t* g = grad_out + n * gs.s0 + y * gs.s2 + ix * gs.s3;
+  const scalar_t* in = x + n * xs.s0;
+  acc_t* gx = grad_x ? grad_x + n * xs.s0 : nullptr;
+  acc_t dflow_x = acc_t(0), dflow_y = acc_t(0);
+  const index_t C = static_cast<index_t>(shape.c);
+  for (index_t c = 0; c < C; ++c) {
+    const acc_t go = static_cast<acc_t>(g[c * gs.s1]);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (k < t.num_taps && t.valid[k]) {
+        const index_t off = static_cast<index_t>(t.offset[k]) + c * xs.s1;
+        if (gx) atomicAdd(gx + off, t.weight[k] * go);
+        if (grad_flow) {
+          const acc_t v = static_cast<acc_t>(in[off]) * go;
+          dflow_x += t.dweight_dx[k] * v;
+          dflow_y += t.dweight_dy[k] * v;
+        }
+      }
+    }
+  }
+  if (grad_flow) {
+    if (t.nan_out) dflow_x = dflow_y = static_cast<acc_t>(NAN);
+    flow_t* gf = grad_flow + n * gfs.s0 + y * gfs.s1 + ix * gfs.s2;
+    gf[0] = static_cast<flow_t>(dflow_x);
+    gf[gfs.s3] = static_cast<flow_t>(dflow_y);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& flow,
+    int64_t interpolation, int64_t padding_mode, bool align_corners, std::array<bool, 2> output_mask) {
+  check_flow_warp_backward_args(grad_out, x_in, flow, interpolation, padding_mode);
+  TORCH_CHECK(x_in.is_cuda(), "vsr_fast::_flow_warp_backward: CUDA kernel called with x on ", x_in.device());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const bool need_x = output_mask[0], need_flow = output_mask[1];
+  // Scatter offsets come from x's strides, so the accumulator must share them: a dense x.
+  const at::Tensor x = x_in.is_non_overlapping_and_dense()
+                           ? x_in
+                           : x_in.contiguous(x_in.suggest_memory_format());
+  at::Tensor grad_x = need_x ? at::empty_like(x) : x.new_empty({0});
+  at::Tensor grad_flow = need_flow ? at::empty_like(flow) : flow.new_empty({0});
+  if (need_x) {
+    grad_x.zero_();
+    at::globalContext().alertNotDeterministic("vsr_fast::_flow_warp_backward (CUDA grad_x)");
+  }
+  if (x.numel() == 0 || (!need_x && !need_flow)) {
+    if (need_flow) grad_flow.zero_();
+    return {grad_x, grad_flow};
+  }
+  const Shape shape{x.size(0), x.size(1), x.size(2), x.size(3)};
+  const int64_t pixels = shape.n * shape.h * shape.w;
+  const int64_t blocks = (pixels + kThreads - 1) / kThreads;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vsr_fast::_flow_warp_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    at::Tensor grad_x_acc;
+    if (need_x) {
+      // half/bf16 gradients accumulate in fp32: many taps can land on one pixel
+      grad_x_acc = acc_type == x.scalar_type()
+                       ? grad_x
+                       : at::empty_strided(x.sizes(), x.strides(), x.options().dtype(acc_type)).zero_();
+    }
+    auto launch = [&](auto index_zero, auto flow_zero) {
+      using index_t = decltype(index_zero);
+      using flow_t = decltype(flow_zero);
+      backward_kernel<scalar_t, flow_t, index_t><<<blocks, kThreads, 0, stream>>>(
+          grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+          flow.const_data_ptr<flow_t>(), need_x ? grad_x_acc.mutable_data_ptr<acc_t>() : nullptr,
+          need_flow ? grad_flow.mutable_data_ptr<flow_t>() : nullptr, shape,
+          strides_of<index_t>(grad_out), strides_of<index_t>(x), strides_of<index_t>(flow),
+          need_flow ? strides_of<index_t>(grad_flow) : Strides4<index_t>{0, 0, 0, 0},
+          static_cast<index_t>(pixels), interpolation, padding_mode, align_corners);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    const bool small = fits_int32({&grad_out, &x, &flow}, pixels);
+    const bool same = flow.scalar_type() == x.scalar_type();
+    if (small && same) launch(int32_t{0}, scalar_t{0});
+    else if (small) launch(int32_t{0}, float{0});
+    else if (same) launch(int64_t{0}, scalar_t{0});
+    else launch(int64_t{0}, float{0});
+    if (need_x && !grad_x_acc.is_same(grad_x)) grad_x.copy_(grad_x_acc);
+  });
+  return {grad_x, grad_flow};
+}
+
+}  // namespace
+}  // namespace vsr_fast
+
+TORCH_LIBRARY_IMPL(vsr_fast, CUDA, m) {
+  m.impl("flow_warp", &vsr_fast::flow_warp_cuda);
+  m.impl("_flow_warp_backward", &vsr_fast::flow_warp_backward_cuda);
+}

@@ -1,0 +1,224 @@
+// Sampling maths of vsr_fast::flow_warp, shared by the CPU and CUDA kernels so that both compute the
+// same taps, weights and derivatives bit for bit. Host-only argument checking lives at the bottom.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace vsr_fast {
+namespace flow_warp_math {
+
+// Enum values are the integers of the op schema (the Python wrapper maps the strings).
+enum Interpolation : int64_t { kBilinear = 0, kNearest = 1 };
+enum Padding : int64_t { kZeros = 0, kBorder = 1 };
+
+C10_HOST_DEVICE inline float floor_of(float v) { return floorf(v); }
+C10_HOST_DEVICE inline double floor_of(double v) { return floor(v); }
+// Round half to even, as grid_sample's nearest mode does.
+C10_HOST_DEVICE inline float round_even(float v) { return nearbyintf(v); }
+C10_HOST_DEVICE inline double round_even(double v) { return nearbyint(v); }
+
+// One axis of a sampling position: the position is `lo + frac`; bilinear reads taps lo and lo + 1
+// with weights 1 - frac and frac, nearest reads tap lo. `dpos` is d(position)/d(flow), zero where
+// border padding clipped the position. `usable` is false when no tap can lie inside the image (also
+// for NaN positions), in which case the other fields are meaningless.
+template <typename acc_t>
+struct AxisPosition {
+  int64_t lo;
+  acc_t frac;
+  acc_t dpos;
+  bool usable;
+  bool nonfinite;  // NaN/inf position under zeros padding: grid_sample returns NaN there
+};
+
+// NaN and +-inf give NaN here; works without isfinite overloads on either side of nvcc.
+template <typename acc_t>
+C10_HOST_DEVICE inline bool is_nonfinite(acc_t v) {
+  const acc_t d = v - v;
+  return d != d;
+}
+
+// `pos` is the output pixel index on this axis, `flow` the displacement in pixels. The position is
+// mmagic's: grid + flow normalised by max(size - 1, 1) and handed to grid_sample, i.e.
+//   align_corners=True : pos + flow          (a size-1 axis always samples index 0)
+//   align_corners=False: (pos + flow) * size / max(size - 1, 1) - 0.5
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE AxisPosition<acc_t> axis_position(
+    int64_t pos, acc_t flow, int64_t size, bool align_corners, bool border, bool nearest) {
+  AxisPosition<acc_t> a;
+  a.lo = 0;
+  a.frac = acc_t(0);
+  a.dpos = acc_t(0);
+  a.usable = false;
+  a.nonfinite = false;
+
+  acc_t coord;
+  acc_t scale;
+  if (align_corners) {
+    // size 1: grid_sample maps every normalised position to 0; multiplying by zero keeps NaN/inf
+    // flows NaN, as the reference's arithmetic does.
+    scale = size > 1 ? acc_t(1) : acc_t(0);
+    coord = size > 1 ? acc_t(pos) + flow : flow * acc_t(0);
+  } else {
+    scale = acc_t(size) / acc_t(size > 1 ? size - 1 : 1);
+    coord = (acc_t(pos) + flow) * scale - acc_t(0.5);
+  }
+
+  bool clipped = false;
+  if (border) {
+    // Clip as grid_sample does: positions on or past an edge get no gradient. NaN clips to 0.
+    const acc_t hi = acc_t(size - 1);
+    if (!(coord > acc_t(0))) {
+      coord = acc_t(0);
+      clipped = true;
+    } else if (coord >= hi) {
+      coord = hi;
+      clipped = true;
+    }
+  }
+  // NaN-safe: also rejects NaN and +-inf, so the casts below are always in range.
+  if (!(coord > acc_t(-2) && coord < acc_t(size + 1))) {
+    a.nonfinite = is_nonfinite(coord);
+    return a;
+  }
+  a.usable = true;
+  a.dpos = clipped ? acc_t(0) : scale;
+  if (nearest) {
+    a.lo = static_cast<int64_t>(round_even(coord));
+  } else if (align_corners && size > 1 && !clipped) {
+    // Split the flow rather than pos + flow: the weight keeps the flow's own precision instead of
+    // losing log2(pos) bits on wide frames (fp32 ulp at x = 1024 is 1.2e-4 px).
+    const acc_t whole = floor_of(flow);
+    a.lo = pos + static_cast<int64_t>(whole);
+    a.frac = flow - whole;
+  } else {
+    const acc_t whole = floor_of(coord);
+    a.lo = static_cast<int64_t>(whole);
+    a.frac = coord - whole;
+  }
+  return a;
+}
+
+// The (up to) four taps of one output pixel. Taps outside the image have valid = false and must be
+// skipped, not multiplied by zero, so that inf/NaN pixels elsewhere never leak in (grid_sample masks
+// them the same way). offset is in elements from the (n, c) plane origin.
+template <typename acc_t>
+struct PixelTaps {
+  int64_t offset[4];
+  acc_t weight[4];
+  acc_t dweight_dx[4];  // d weight / d flow_x (includes dpos)
+  acc_t dweight_dy[4];
+  bool valid[4];
+  int num_taps;  // 4 for bilinear, 1 for nearest
+  // A NaN/inf bilinear sampling position under zeros padding: the output (and its flow gradient)
+  // is NaN, as the reference's grid_sample gives, rather than a silent 0 (nearest gives 0 there, as
+  // the reference does). No tap is valid then.
+  bool nan_out;
+  // The factors the weights are made of, for kernels that expand them inline: weight[k] =
+  // (dy ? frac_y : 1 - frac_y) * (dx ? frac_x : 1 - frac_x), and d position / d flow per axis.
+  acc_t frac_x, frac_y, dpos_x, dpos_y;
+
+  C10_HOST_DEVICE bool all_valid() const {
+    bool all = true;
+    for (int k = 0; k < num_taps; ++k) all = all && valid[k];
+    return all;
+  }
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE PixelTaps<acc_t> pixel_taps(
+    int64_t y, int64_t x, acc_t flow_x, acc_t flow_y, int64_t height, int64_t width,
+    int64_t stride_h, int64_t stride_w, bool align_corners, int64_t padding,
+    int64_t interpolation) {
+  const bool border = padding == kBorder;
+  const bool nearest = interpolation == kNearest;
+  const AxisPosition<acc_t> px = axis_position<acc_t>(x, flow_x, width, align_corners, border, nearest);
+  const AxisPosition<acc_t> py = axis_position<acc_t>(y, flow_y, height, align_corners, border, nearest);
+  PixelTaps<acc_t> t;
+  t.num_taps = nearest ? 1 : 4;
+  t.frac_x = px.frac;
+  t.frac_y = py.frac;
+  t.dpos_x = px.dpos;
+  t.dpos_y = py.dpos;
+  for (int k = 0; k < 4; ++k) {
+    t.offset[k] = 0;
+    t.weight[k] = acc_t(0);
+    t.dweight_dx[k] = acc_t(0);
+    t.dweight_dy[k] = acc_t(0);
+    t.valid[k] = false;
+  }
+  t.nan_out = !nearest && (px.nonfinite || py.nonfinite);
+  if (!(px.usable && py.usable)) {
+    return t;
+  }
+  if (nearest) {
+    t.valid[0] = px.lo >= 0 && px.lo < width && py.lo >= 0 && py.lo < height;
+    t.offset[0] = t.valid[0] ? py.lo * stride_h + px.lo * stride_w : 0;
+    t.weight[0] = acc_t(1);
+    return t;
+  }
+  // k = 2 * dy + dx: top-left, top-right, bottom-left, bottom-right
+  for (int k = 0; k < 4; ++k) {
+    const int dy = k >> 1;
+    const int dx = k & 1;
+    const int64_t ty = py.lo + dy;
+    const int64_t tx = px.lo + dx;
+    const acc_t wy = dy ? py.frac : acc_t(1) - py.frac;
+    const acc_t wx = dx ? px.frac : acc_t(1) - px.frac;
+    t.valid[k] = tx >= 0 && tx < width && ty >= 0 && ty < height;
+    t.offset[k] = t.valid[k] ? ty * stride_h + tx * stride_w : 0;
+    t.weight[k] = wy * wx;
+    t.dweight_dx[k] = (dx ? wy : -wy) * px.dpos;
+    t.dweight_dy[k] = (dy ? wx : -wx) * py.dpos;
+  }
+  return t;
+}
+
+}  // namespace flow_warp_math
+}  // namespace vsr_fast
+
+#if !defined(__CUDA_ARCH__)
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace vsr_fast {
+
+// Shared by both backends so every kernel rejects the same inputs with the same words.
+inline void check_flow_warp_args(const char* op, const at::Tensor& x, const at::Tensor& flow,
+                                 int64_t interpolation, int64_t padding_mode) {
+  TORCH_CHECK(x.dim() == 4, op, ": expected x [N, C, H, W], got x of shape ", x.sizes());
+  TORCH_CHECK(flow.dim() == 4 && flow.size(3) == 2 && flow.size(0) == x.size(0) &&
+                  flow.size(1) == x.size(2) && flow.size(2) == x.size(3),
+              op, ": expected flow [N, H, W, 2] matching x [N, C, H, W] = ", x.sizes(),
+              ", got flow ", flow.sizes());
+  TORCH_CHECK(x.device() == flow.device(), op, ": x and flow must be on the same device, got x on ",
+              x.device(), " and flow on ", flow.device());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
+              ": expected x of a floating dtype (float32, float64, float16, bfloat16), got ",
+              x.scalar_type());
+  const bool reduced = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(flow.scalar_type() == x.scalar_type() || (reduced && flow.scalar_type() == at::kFloat),
+              op, ": flow must have x's dtype (or float32 when x is float16/bfloat16), got x ",
+              x.scalar_type(), " and flow ", flow.scalar_type());
+  TORCH_CHECK(interpolation == flow_warp_math::kBilinear || interpolation == flow_warp_math::kNearest,
+              op, ": interpolation must be 0 (bilinear) or 1 (nearest), got ", interpolation);
+  TORCH_CHECK(padding_mode == flow_warp_math::kZeros || padding_mode == flow_warp_math::kBorder, op,
+              ": padding_mode must be 0 (zeros) or 1 (border), got ", padding_mode);
+}
+
+inline void check_flow_warp_backward_args(const at::Tensor& grad_out, const at::Tensor& x,
+                                          const at::Tensor& flow, int64_t interpolation,
+                                          int64_t padding_mode) {
+  const char* op = "vsr_fast::_flow_warp_backward";
+  check_flow_warp_args(op, x, flow, interpolation, padding_mode);
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": expected grad_out of x's shape ", x.sizes(),
+              ", got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(), op,
+              ": expected grad_out with x's dtype and device (", x.scalar_type(), ", ", x.device(),
+              "), got ", grad_out.scalar_type(), ", ", grad_out.device());
+}
+
+}  // namespace vsr_fast
+#endif

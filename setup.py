@@ -1,0 +1,102 @@
+"""Build vsr_fast and its C++/CUDA extension vsr_fast._C.
+
+CUDA decision (printed at build time):
+  VSR_FAST_CUDA=0      CPU kernels only.
+  VSR_FAST_CUDA=1      CPU + CUDA kernels; a clear error if nvcc or a CUDA build of torch is missing.
+                       With no GPU visible and TORCH_CUDA_ARCH_LIST unset, a default list is used.
+  unset                CUDA kernels iff nvcc, a CUDA build of torch and a GPU are all present.
+The extension must be compiled against the torch it runs with: vsr_fast refuses to import otherwise.
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# Architectures for CUDA builds on machines without a GPU to ask (Volta is gone from CUDA 13).
+DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+
+
+def log(msg):
+    print(f"vsr_fast setup: {msg}", file=sys.stderr, flush=True)
+
+
+def decide_cuda():
+    flag = os.environ.get("VSR_FAST_CUDA", "").strip()
+    has_nvcc = cpp_extension.CUDA_HOME is not None and os.path.exists(
+        os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
+    torch_cuda = torch.version.cuda
+    has_gpu = torch_cuda is not None and torch.cuda.is_available()
+    facts = f"nvcc={'yes' if has_nvcc else 'no'} (CUDA_HOME={cpp_extension.CUDA_HOME}), " \
+            f"torch {torch.__version__} cuda={torch_cuda}, gpu visible={'yes' if has_gpu else 'no'}"
+    if flag == "0":
+        log(f"VSR_FAST_CUDA=0 -> CPU kernels only [{facts}]")
+        return False
+    if flag == "1":
+        if not has_nvcc or torch_cuda is None:
+            raise RuntimeError(
+                "vsr_fast setup: VSR_FAST_CUDA=1 but "
+                + ("nvcc was not found (set CUDA_HOME)" if not has_nvcc else
+                   f"torch {torch.__version__} is a CPU-only build")
+                + f" [{facts}]")
+        if not has_gpu and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+        log(f"VSR_FAST_CUDA=1 -> CPU + CUDA kernels, TORCH_CUDA_ARCH_LIST="
+            f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '(this GPU)')} [{facts}]")
+        return True
+    if flag:
+        raise RuntimeError(f"vsr_fast setup: VSR_FAST_CUDA must be 0, 1 or unset, got {flag!r}")
+    use = has_nvcc and torch_cuda is not None and has_gpu
+    log(f"VSR_FAST_CUDA unset -> {'CPU + CUDA' if use else 'CPU only'} kernels [{facts}]")
+    return use
+
+
+def pip_nvidia_include_dirs():
+    # pip's CUDA wheels carry headers (cuBLAS, cuSPARSE, cuDNN) that a bare nvcc install may lack and
+    # that ATen's CUDA headers include.
+    dirs = []
+    for path in sys.path:
+        dirs += glob.glob(os.path.join(path, "nvidia", "*", "include"))
+    return sorted(set(d for d in dirs if os.path.isdir(d)))
+
+
+def cuda_archs_macro():
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if not archs and torch.cuda.is_available():
+        archs = ";".join(f"{a}.{b}" for a, b in
+                         {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return (archs or "").replace(" ", ";")
+
+
+def extensions():
+    with_cuda = decide_cuda()
+    sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cxx = ["-O3", "-fvisibility=hidden"]  # the C++ standard is the one torch asks for
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+    if os.environ.get("VSR_FAST_PTXAS_VERBOSE") == "1":
+        nvcc.append("-Xptxas=-v")
+    define_macros = []
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    if with_cuda:
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        define_macros += [("VSR_FAST_WITH_CUDA", None),
+                          ("VSR_FAST_CUDA_ARCHS", '"' + cuda_archs_macro() + '"')]
+        include_dirs += pip_nvidia_include_dirs()
+        ext_cls = cpp_extension.CUDAExtension
+        extra = {"cxx": cxx, "nvcc": nvcc}
+    else:
+        ext_cls = cpp_extension.CppExtension
+        extra = {"cxx": cxx}
+    return [ext_cls("vsr_fast._C", sources, include_dirs=include_dirs, define_macros=define_macros,
+                    extra_compile_args=extra)]
+
+
+setup(
+    packages=find_packages(include=["vsr_fast", "vsr_fast.*"]),
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
