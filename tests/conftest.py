@@ -1,3 +1,50 @@
+"""Shared test fixtures: devices, the tolerance table (DESIGN.md §6) and real-data locations."""
+import pytest
+import torch
+
+import vsr_fast
+
+# DESIGN.md §6: the one tolerance table. Absolute errors against a float64 reference run on inputs
+# of magnitude ~1. Half precision is judged relative to the reference's own error in that dtype.
+TOLERANCE = {
+    "float64": 1e-10,       # same maths, different association
+    "float32": 1e-5,        # single fused kernels (flow_warp)
+    "float32_chain": 1e-4,  # convolution chains (trunks, whole models)
+    "lowp_factor": 2.0,     # float16/bfloat16: error <= 2x the reference's error in that dtype
+}
+
+# TF32 would make fp32 convolutions / matmuls on Ampere+ miss the fp32 tolerances.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+
+
+def _cuda_param():
+    if not torch.cuda.is_available():
+        return pytest.param("cuda", marks=pytest.mark.skip(reason="no CUDA GPU on this machine"))
+    return pytest.param("cuda", marks=pytest.mark.cuda)
+
+
+DEVICES = ["cpu", _cuda_param()]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Every op test runs on CPU and, where a GPU exists, on CUDA; a GPU with a CPU-only build fails."""
+    if request.param == "cuda" and not vsr_fast.build_info()["cuda"]:
+        pytest.fail("a CUDA GPU is present but vsr_fast was built without CUDA kernels "
+                    "(reinstall with VSR_FAST_CUDA=1)")
+    return torch.device(request.param)
+
+
+def assert_lowp_close(fast, reference_lowp, reference64, factor=TOLERANCE["lowp_factor"]):
+    """float16/bfloat16 rule: the fast result's error is at most `factor` x the reference's error in
+    the same dtype (both against float64), with one ulp of the output's magnitude as the floor."""
+    fast_err = (fast.double() - reference64).abs().nan_to_num(0).max().item() if fast.numel() else 0.0
+    ref_err = ((reference_lowp.double() - reference64).abs().nan_to_num(0).max().item()
+               if fast.numel() else 0.0)
+    ulp = torch.finfo(fast.dtype).eps * max(1.0, reference64.abs().max().item() if fast.numel() else 1.0)
+    assert fast_err <= factor * max(ref_err, ulp), (
+        f"{fast.dtype}: error {fast_err:.3g} vs reference's own {ref_err:.3g} (allowed {factor}x)")
 
 # ---- reference models / checkpoints / real data (issue 3) ---------------------------------------
 import importlib.util as _ilu  # noqa: E402

@@ -85,18 +85,32 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE AxisPosition<acc_t> axis_position(
   }
   a.usable = true;
   a.dpos = clipped ? acc_t(0) : scale;
-  if (nearest) {
-    a.lo = static_cast<int64_t>(round_even(coord));
-  } else if (align_corners && size > 1 && !clipped) {
-    // Split the flow rather than pos + flow: the weight keeps the flow's own precision instead of
-    // losing log2(pos) bits on wide frames (fp32 ulp at x = 1024 is 1.2e-4 px).
-    const acc_t whole = floor_of(flow);
-    a.lo = pos + static_cast<int64_t>(whole);
-    a.frac = flow - whole;
-  } else {
-    const acc_t whole = floor_of(coord);
+  if (clipped || (align_corners && size == 1)) {
+    const acc_t whole = nearest ? round_even(coord) : floor_of(coord);
     a.lo = static_cast<int64_t>(whole);
-    a.frac = coord - whole;
+    a.frac = nearest ? acc_t(0) : coord - whole;
+    return a;
+  }
+  // Position = whole + rest with an exact integer `whole` and a small `rest`, so that the weights
+  // keep the flow's own precision instead of losing log2(pos) bits to pos + flow on wide frames
+  // (the fp32 ulp at x = 1024 is 1.2e-4 px). `flow` is bounded here: coord passed the range test.
+  const acc_t flow_floor = floor_of(flow);
+  const int64_t whole = pos + static_cast<int64_t>(flow_floor);
+  const acc_t flow_frac = flow - flow_floor;  // exact
+  acc_t rest = flow_frac;
+  if (!align_corners) {
+    // (whole + flow_frac) * size / d - 0.5 with d = max(size - 1, 1): size / d = 1 + (size - d) / d
+    const acc_t d = acc_t(size > 1 ? size - 1 : 1);
+    rest = acc_t(whole) * (acc_t(size) - d) / d + flow_frac * acc_t(size) / d - acc_t(0.5);
+  }
+  const acc_t rest_floor = floor_of(rest);
+  a.lo = whole + static_cast<int64_t>(rest_floor);
+  a.frac = rest - rest_floor;
+  if (nearest) {
+    // round half to even on whole + rest, without forming that sum
+    const bool up = a.frac > acc_t(0.5) || (a.frac == acc_t(0.5) && (a.lo & 1));
+    a.lo += up ? 1 : 0;
+    a.frac = acc_t(0);
   }
   return a;
 }

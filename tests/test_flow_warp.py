@@ -1,0 +1,336 @@
+"""vsr_fast::flow_warp against the reference (mmagic maths), on CPU and, where present, CUDA."""
+import itertools
+import math
+
+import pytest
+import torch
+from packaging.version import Version
+
+import vsr_fast
+from vsr_fast import reference
+
+from conftest import TOLERANCE, assert_lowp_close
+
+MODES = list(itertools.product(["bilinear", "nearest"], ["zeros", "border"], [True, False]))
+SHAPES = [  # (N, C, H, W)
+    (0, 3, 5, 7), (2, 0, 5, 7), (1, 1, 1, 1), (1, 3, 1, 9), (1, 3, 8, 1), (2, 3, 5, 7),
+    (1, 64, 17, 23), (3, 1, 11, 4), (1, 64, 32, 48),
+]
+
+
+def make_inputs(shape, device, dtype=torch.float64, flow_dtype=None, scale=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    x = torch.rand(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    flow = (torch.randn(n, h, w, 2, generator=g, dtype=torch.float64) * scale).to(
+        device=device, dtype=flow_dtype or dtype)
+    return x, flow
+
+
+def ref64(x, flow, *modes):
+    return reference.flow_warp(x.double(), flow.double(), *modes)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("modes", MODES, ids=lambda m: "-".join(map(str, m)))
+def test_float64_matches_reference(device, shape, modes):
+    x, flow = make_inputs(shape, device)
+    out = vsr_fast.flow_warp(x, flow, *modes)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out, ref64(x, flow, *modes), atol=TOLERANCE["float64"], rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 64, 17, 23), (1, 3, 45, 80), (1, 16, 60, 200)], ids=str)
+@pytest.mark.parametrize("modes", MODES, ids=lambda m: "-".join(map(str, m)))
+def test_float32_matches_float64_reference(device, shape, modes):
+    x, flow = make_inputs(shape, device, torch.float32, scale=4.0, seed=1)
+    out = vsr_fast.flow_warp(x, flow, *modes)
+    torch.testing.assert_close(out.double(), ref64(x, flow, *modes), atol=TOLERANCE["float32"], rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("flow_dtype", ["same", torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [(1, 8, 9, 13), (1, 4, 30, 700)], ids=str)
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_half_precision_within_twice_the_reference_error(device, dtype, flow_dtype, shape, padding_mode):
+    flow_dtype = dtype if flow_dtype == "same" else flow_dtype
+    x, flow = make_inputs(shape, device, dtype, flow_dtype=flow_dtype, seed=2)
+    out = vsr_fast.flow_warp(x, flow, "bilinear", padding_mode)
+    assert out.dtype == dtype
+    truth = ref64(x, flow, "bilinear", padding_mode)
+    assert_lowp_close(out, reference.flow_warp(x, flow.to(dtype), "bilinear", padding_mode), truth)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_zero_flow_is_exact_identity(device, dtype, padding_mode, interpolation, channels_last):
+    x, _ = make_inputs((2, 5, 13, 37), device, dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    flow = torch.zeros(2, 13, 37, 2, device=device, dtype=dtype)
+    assert torch.equal(vsr_fast.flow_warp(x, flow, interpolation, padding_mode), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_integer_flow_is_an_exact_shift(device, dtype):
+    x, _ = make_inputs((1, 3, 9, 11), device, dtype)
+    dx, dy = 3, -2
+    flow = torch.zeros(1, 9, 11, 2, device=device, dtype=dtype)
+    flow[..., 0], flow[..., 1] = dx, dy
+    expected = torch.zeros_like(x)
+    # out[i, j] = x[i + dy, j + dx] where that is inside the image
+    expected[..., 2:, : 11 - dx] = x[..., : 9 + dy, dx:]
+    assert torch.equal(vsr_fast.flow_warp(x, flow), expected)
+
+
+def test_large_flows_leave_the_image(device):
+    x, _ = make_inputs((1, 2, 6, 7), device, torch.float32)
+    for value in (1e4, -1e4, 1e30, -1e30, 7.0):
+        flow = torch.full((1, 6, 7, 2), value, device=device)
+        assert torch.equal(vsr_fast.flow_warp(x, flow), torch.zeros_like(x)), value
+        # border padding clips to the corner pixel the flow points at
+        border = vsr_fast.flow_warp(x, flow, padding_mode="border")
+        corner = x[..., -1, -1] if value > 0 else x[..., 0, 0]
+        assert torch.equal(border, corner[..., None, None].expand_as(x)), value
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_positions_exactly_on_the_border(device, padding_mode, align_corners):
+    h, w = 5, 6
+    x, _ = make_inputs((1, 3, h, w), device)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    for tx, ty in [(-1.0, 0.0), (0.0, -1.0), (w - 1.0, h - 1.0), (float(w), 2.0), (2.0, float(h)),
+                   (-0.5, h - 0.5), (w - 0.5, -0.5), (-1.0, -1.0)]:
+        flow = torch.stack((tx - xs, ty - ys), -1)[None].to(device)
+        out = vsr_fast.flow_warp(x, flow, "bilinear", padding_mode, align_corners)
+        torch.testing.assert_close(out, ref64(x, flow, "bilinear", padding_mode, align_corners),
+                                   atol=TOLERANCE["float64"], rtol=0)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("modes", MODES, ids=lambda m: "-".join(map(str, m)))
+def test_non_finite_flows_behave_like_the_reference(device, value, modes):
+    """NaN/inf flows give what grid_sample gives (NaN for bilinear-zeros, clipped for border) and
+    never disturb the other pixels."""
+    x, flow = make_inputs((2, 3, 6, 9), device)
+    flow[0, 1, 2, 0] = value
+    flow[1, 4, 7, 1] = value
+    flow[1, 0, 0] = value
+    out = vsr_fast.flow_warp(x, flow, *modes)
+    torch.testing.assert_close(out, ref64(x, flow, *modes), atol=TOLERANCE["float64"], rtol=0,
+                               equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+def test_channels_last_and_strided_views(device, dtype):
+    """Inputs are views into NaN-filled buffers: any read outside the view shows up as NaN."""
+    n, c, h, w = 2, 6, 9, 13
+    x, flow = make_inputs((n, c, h, w), device, dtype)
+    expected = vsr_fast.flow_warp(x, flow)
+
+    big = torch.full((n, 2 * c, h + 3, 3 * w), math.nan, device=device, dtype=dtype)
+    x_view = big[:, 1::2, 2 : 2 + h, 1 : 1 + 3 * w : 3]
+    x_view.copy_(x)
+    fbig = torch.full((n, h, w, 5), math.nan, device=device, dtype=dtype)
+    flow_view = fbig[..., 1:4:2]
+    flow_view.copy_(flow)
+    assert not x_view.is_contiguous() and not flow_view.is_contiguous()
+    assert torch.equal(vsr_fast.flow_warp(x_view, flow_view), expected)
+
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    out_cl = vsr_fast.flow_warp(x_cl, flow)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    # the layouts take different (equally exact) summation orders, so they agree to rounding
+    atol = {torch.float64: 1e-14, torch.float32: 1e-6, torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(out_cl, expected, atol=atol, rtol=0)
+
+
+def test_every_output_element_is_written(device):
+    """Poisoned memory: a NaN-filled block freed just before the call is what the allocator hands
+    back; any element the kernel forgot to write stays NaN."""
+    x, flow = make_inputs((1, 64, 31, 45), device, torch.float32)
+    for _ in range(3):
+        poison = torch.full_like(x, math.nan)
+        del poison
+        out = vsr_fast.flow_warp(x, flow)
+        assert not out.isnan().any()
+        x.requires_grad_(True)
+        flow.requires_grad_(True)
+        vsr_fast.flow_warp(x, flow).sum().backward()
+        assert not x.grad.isnan().any() and not flow.grad.isnan().any()
+        x, flow = x.detach(), flow.detach()
+
+
+@pytest.mark.parametrize("modes", MODES, ids=lambda m: "-".join(map(str, m)))
+def test_gradients_match_the_reference(device, modes):
+    x, flow = make_inputs((2, 5, 7, 10), device, seed=3)
+    g = torch.randn_like(x)
+    grads = []
+    for fn in (vsr_fast.flow_warp, reference.flow_warp):
+        xr, fr = x.clone().requires_grad_(), flow.clone().requires_grad_()
+        fn(xr, fr, *modes).backward(g)
+        grads.append((xr.grad, fr.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-10, rtol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_gradients_in_lower_precision(device, dtype):
+    x, flow = make_inputs((1, 8, 12, 15), device, dtype, flow_dtype=torch.float32, seed=4)
+    g = torch.randn(x.shape, dtype=torch.float64).to(device)
+    xr, fr = x.clone().requires_grad_(), flow.clone().requires_grad_()
+    vsr_fast.flow_warp(xr, fr).backward(g.to(dtype))
+    x64, f64 = x.double().requires_grad_(), flow.double().requires_grad_()
+    reference.flow_warp(x64, f64).backward(g.to(dtype).double())
+    assert xr.grad.dtype == dtype and fr.grad.dtype == torch.float32
+    tol = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    torch.testing.assert_close(xr.grad.double(), x64.grad, atol=tol, rtol=0)
+    torch.testing.assert_close(fr.grad.double(), f64.grad, atol=tol * 10, rtol=0)
+
+
+def _off_grid_flow(h, w, align_corners, seed):
+    """Flows whose sampling positions keep >= 0.1 px from pixel grid lines and from the borders."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    # target positions: an integer cell inside [-1, size) plus a fraction in [0.1, 0.9]
+    tx = torch.randint(-1, w, (h, w), generator=g) + 0.1 + 0.8 * torch.rand(h, w, generator=g, dtype=torch.float64)
+    ty = torch.randint(-1, h, (h, w), generator=g) + 0.1 + 0.8 * torch.rand(h, w, generator=g, dtype=torch.float64)
+    if align_corners:
+        return torch.stack((tx - xs, ty - ys), -1)[None]
+    # invert position = (pos + flow) * size / (size - 1) - 0.5
+    return torch.stack(((tx + 0.5) * (w - 1) / w - xs, (ty + 0.5) * (h - 1) / h - ys), -1)[None]
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_gradcheck_float64(device, padding_mode, align_corners):
+    h, w = 4, 5
+    x = torch.rand(1, 3, h, w, dtype=torch.float64, device=device, requires_grad=True)
+    flow = _off_grid_flow(h, w, align_corners, seed=5).to(device).requires_grad_()
+    fn = lambda a, b: vsr_fast.flow_warp(a, b, "bilinear", padding_mode, align_corners)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, flow), eps=1e-6, atol=1e-7)
+
+
+def test_backward_respects_output_mask(device):
+    x, flow = make_inputs((1, 3, 5, 6), device)
+    g = torch.randn_like(x)
+    gx, gf = torch.ops.vsr_fast._flow_warp_backward(g, x, flow, 0, 0, True, [True, False])
+    assert gx.shape == x.shape and gf.numel() == 0
+    gx2, gf2 = torch.ops.vsr_fast._flow_warp_backward(g, x, flow, 0, 0, True, [False, True])
+    assert gx2.numel() == 0 and gf2.shape == flow.shape
+    both = torch.ops.vsr_fast._flow_warp_backward(g, x, flow, 0, 0, True, [True, True])
+    assert torch.equal(both[0], gx) and torch.equal(both[1], gf2)
+    # only flow needs a gradient: grad_x is never computed
+    fr = flow.clone().requires_grad_()
+    vsr_fast.flow_warp(x, fr).backward(g)
+    assert torch.equal(fr.grad, gf2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_opcheck(device, dtype):
+    x, flow = make_inputs((2, 3, 5, 7), device, dtype, flow_dtype=torch.float32 if dtype in (
+        torch.float16, torch.bfloat16) else dtype)
+    x.requires_grad_(dtype in (torch.float64, torch.float32))
+    flow.requires_grad_(dtype in (torch.float64, torch.float32))
+    for args in [(x, flow, 0, 0, True), (x, flow, 1, 1, False),
+                 (x.contiguous(memory_format=torch.channels_last), flow, 0, 1, True)]:
+        torch.library.opcheck(torch.ops.vsr_fast.flow_warp.default, args)
+    g = torch.randn_like(x.detach())
+    torch.library.opcheck(torch.ops.vsr_fast._flow_warp_backward.default,
+                          (g, x.detach(), flow.detach(), 0, 0, True, [True, True]))
+    torch.library.opcheck(torch.ops.vsr_fast._flow_warp_backward.default,
+                          (g, x.detach(), flow.detach(), 0, 1, False, [False, True]))
+
+
+def test_torch_compile_forward_and_backward(device):
+    def step(feat, flow):
+        return vsr_fast.flow_warp(feat, flow).relu() * 2
+
+    compiled = torch.compile(step, fullgraph=True)
+    x, flow = make_inputs((1, 4, 9, 11), device, torch.float32, seed=6)
+    xr, fr = x.clone().requires_grad_(), flow.clone().requires_grad_()
+    out = compiled(xr, fr)
+    torch.testing.assert_close(out, step(x, flow), atol=0, rtol=0)
+    out.sum().backward()
+    xe, fe = x.clone().requires_grad_(), flow.clone().requires_grad_()
+    step(xe, fe).sum().backward()
+    torch.testing.assert_close(xr.grad, xe.grad, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fr.grad, fe.grad, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda d: (torch.rand(3, 5, 7, device=d), torch.rand(1, 5, 7, 2, device=d)), r"expected x \[N, C, H, W\]"),
+    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 5, 7, device=d)), r"expected flow \[N, H, W, 2\]"),
+    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 5, 8, 2, device=d)), r"\[1, 5, 8, 2\]"),
+    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(2, 5, 7, 2, device=d)), r"\[2, 5, 7, 2\]"),
+    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 6, 7, 2, device=d)), r"\[1, 6, 7, 2\]"),
+    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 5, 7, 3, device=d)), r"\[1, 5, 7, 3\]"),
+    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 5, 7, 2, device=d, dtype=torch.float64)), "dtype"),
+    (lambda d: (torch.rand(1, 3, 5, 7, device=d, dtype=torch.float16),
+                torch.rand(1, 5, 7, 2, device=d, dtype=torch.bfloat16)), "dtype"),
+    (lambda d: (torch.ones(1, 3, 5, 7, device=d, dtype=torch.int32), torch.rand(1, 5, 7, 2, device=d)), "floating"),
+])
+def test_bad_inputs_raise_clear_errors(device, bad, message):
+    x, flow = bad(device)
+    with pytest.raises(RuntimeError, match="vsr_fast::flow_warp") as info:
+        vsr_fast.flow_warp(x, flow)
+    info.match(message)
+
+
+def test_bad_modes_raise_clear_errors(device):
+    x, flow = make_inputs((1, 2, 3, 4), device, torch.float32)
+    with pytest.raises(ValueError, match=r"vsr_fast::flow_warp: unknown interpolation 'bicubic'"):
+        vsr_fast.flow_warp(x, flow, interpolation="bicubic")
+    with pytest.raises(ValueError, match=r"unknown padding_mode 'reflection'"):
+        vsr_fast.flow_warp(x, flow, padding_mode="reflection")
+    with pytest.raises(RuntimeError, match=r"vsr_fast::flow_warp: interpolation must be"):
+        torch.ops.vsr_fast.flow_warp(x, flow, 7, 0, True)
+    with pytest.raises(RuntimeError, match=r"vsr_fast::flow_warp: padding_mode must be"):
+        torch.ops.vsr_fast.flow_warp(x, flow, 0, -1, True)
+    with pytest.raises(RuntimeError, match=r"vsr_fast::_flow_warp_backward: expected grad_out"):
+        torch.ops.vsr_fast._flow_warp_backward(x[:, :1], x, flow, 0, 0, True, [True, True])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_device_mismatch_and_determinism():
+    x, flow = make_inputs((1, 2, 3, 4), "cuda", torch.float32)
+    with pytest.raises(RuntimeError, match=r"vsr_fast::flow_warp: x and flow must be on the same device"):
+        vsr_fast.flow_warp(x, flow.cpu())
+    xr = x.clone().requires_grad_()
+    out = vsr_fast.flow_warp(xr, flow)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="vsr_fast::_flow_warp_backward"):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    # grad_flow alone is deterministic (no atomics), so it stays allowed
+    fr = flow.clone().requires_grad_()
+    torch.use_deterministic_algorithms(True)
+    try:
+        vsr_fast.flow_warp(x, fr).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert fr.grad is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_cuda_matches_cpu(dtype):
+    x, flow = make_inputs((2, 64, 33, 47), "cpu", dtype, flow_dtype=torch.float32)
+    torch.testing.assert_close(vsr_fast.flow_warp(x.cuda(), flow.cuda()).cpu(), vsr_fast.flow_warp(x, flow),
+                               atol=1e-6 if dtype == torch.float32 else 1e-3, rtol=0)
+
+
+def test_build_info_reports_the_build():
+    info = vsr_fast.build_info()
+    release = ".".join(map(str, Version(info["torch_runtime"]).release[:3]))
+    assert info["torch_compiled"] == release
+    assert isinstance(info["cuda"], bool)
+    if info["cuda"]:
+        assert info["cuda_version"] and info["cuda_archs"]
