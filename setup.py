@@ -13,8 +13,23 @@ import sys
 
 from setuptools import find_packages, setup
 
-import torch
-from torch.utils import cpp_extension
+
+def _real_cuda_home():
+    # `nvcc` on PATH may be a wrapper script (here /usr/local/bin/nvcc -> /usr/local/cuda/bin/nvcc);
+    # torch would then take /usr/local as CUDA_HOME and fail to link libcudart. Resolve the toolkit
+    # from the compiler nvcc really runs, before torch.utils.cpp_extension reads CUDA_HOME.
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    for candidate in ("/usr/local/cuda",):
+        if os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            os.environ["CUDA_HOME"] = candidate
+            return
+
+
+_real_cuda_home()
+
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Architectures for CUDA builds on machines without a GPU to ask (Volta is gone from CUDA 13).

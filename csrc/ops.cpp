@@ -6,6 +6,10 @@
 
 #include <string>
 
+#ifdef VSR_FAST_WITH_CUDA
+#include <cuda.h>  // CUDA_VERSION
+#endif
+
 #ifndef VSR_FAST_CUDA_ARCHS
 #define VSR_FAST_CUDA_ARCHS ""
 #endif

@@ -193,7 +193,7 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE PixelTaps<acc_t> pixel_taps(
 }  // namespace flow_warp_math
 }  // namespace vsr_fast
 
-#if !defined(__CUDA_ARCH__)
+// Host-only from here (nvcc's device pass parses it too, harmlessly).
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -235,4 +235,3 @@ inline void check_flow_warp_backward_args(const at::Tensor& grad_out, const at::
 }
 
 }  // namespace vsr_fast
-#endif

@@ -1,0 +1,91 @@
+"""Benchmark plumbing: every case records its timing under a (group, implementation) pair; at the end
+of the session the ratios of each group (reference / vsr_fast, measured in this same run) are printed
+and written as JSON with the device, torch version and git SHA (DESIGN.md §7).
+
+The JSON goes to $VSR_FAST_BENCH_SUMMARY, default .benchmarks/vsr_fast_summary.json.
+"""
+import json
+import os
+import platform
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+_RESULTS = defaultdict(dict)  # group -> impl -> {"median_ms", "min_ms", "peak_mb"}
+
+
+def _device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _git_sha():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@pytest.fixture
+def run_case(benchmark):
+    """run_case(group, impl, fn, device): time fn (synchronised on CUDA) and record it."""
+
+    def run(group, impl, fn, device, rounds=None):
+        def timed():
+            fn()
+            sync(device)
+
+        for _ in range(2):  # warm-up: compilation, caches, allocator
+            timed()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        benchmark.group = group
+        benchmark.extra_info.update(impl=impl, device=_device_name(device))
+        benchmark.pedantic(timed, rounds=rounds or (30 if device.type == "cuda" else 10),
+                           iterations=1, warmup_rounds=1)
+        stats = benchmark.stats.stats
+        _RESULTS[group][impl] = {
+            "median_ms": stats.median * 1e3,
+            "min_ms": stats.min * 1e3,
+            "peak_mb": (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None),
+            "device": _device_name(device),
+        }
+
+    return run
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _RESULTS:
+        return
+    lines = ["", "vsr_fast benchmark ratios (median time of the other implementation / vsr_fast's, same run):"]
+    for group in sorted(_RESULTS):
+        impls = _RESULTS[group]
+        base = impls.get("vsr_fast")
+        parts = []
+        for impl, r in sorted(impls.items()):
+            ratio = f" = {r['median_ms'] / base['median_ms']:.2f}x" if base and impl != "vsr_fast" else ""
+            mem = f", {r['peak_mb']:.0f} MB peak" if r["peak_mb"] is not None else ""
+            parts.append(f"{impl} {r['median_ms']:.3f} ms{ratio}{mem}")
+        lines.append(f"  {group}: " + "; ".join(parts))
+    text = "\n".join(lines)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(text)
+    else:
+        print(text)
+    out = Path(os.environ.get("VSR_FAST_BENCH_SUMMARY", Path(session.config.rootpath) / ".benchmarks" /
+                              "vsr_fast_summary.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "git_sha": _git_sha(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(), "results": _RESULTS}, indent=1, sort_keys=True))
