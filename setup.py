@@ -90,7 +90,9 @@ def cuda_archs_macro():
 def extensions():
     with_cuda = decide_cuda()
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx = ["-O3", "-fvisibility=hidden"]  # the C++ standard is the one torch asks for
+    # The C++ standard is the one torch asks for. -fopenmp: at::parallel_for is an inline template
+    # that is only parallel where the including code is compiled with OpenMP (torch's build is).
+    cxx = ["-O3", "-fvisibility=hidden", "-fopenmp"]
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     if os.environ.get("VSR_FAST_PTXAS_VERBOSE") == "1":
         nvcc.append("-Xptxas=-v")
@@ -107,7 +109,7 @@ def extensions():
         ext_cls = cpp_extension.CppExtension
         extra = {"cxx": cxx}
     return [ext_cls("vsr_fast._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-                    extra_compile_args=extra)]
+                    extra_compile_args=extra, extra_link_args=["-fopenmp"])]
 
 
 setup(
