@@ -31,6 +31,7 @@
 #include "vsr_fast/flow_warp.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define VSR_FAST_X86_SIMD 1
 #include <immintrin.h>
 #endif
 
@@ -38,6 +39,33 @@ namespace vsr_fast {
 namespace {
 
 using namespace flow_warp_math;
+
+bool cpu_has_avx2_fma();
+
+#ifdef VSR_FAST_X86_SIMD
+// Row taps of the propagation mode (bilinear, zeros, align_corners=True, fp32 flow, width > 1) in
+// a loop the compiler vectorises. It marks a pixel fast exactly when pixel_taps would (all four taps
+// inside: 0 <= pos + floor(flow) <= size - 2 on both axes, NaN failing every comparison) and then
+// produces pixel_taps's values: base offset, frac = flow - floor(flow), dpos = 1. Every other pixel
+// is left to pixel_taps (tests/test_flow_warp.py compares the two on edge cases).
+__attribute__((target("avx2,fma"))) void propagation_row_taps_avx2(
+    const float* __restrict__ flow, int64_t flow_sw, int64_t flow_sk, int32_t width, int32_t y,
+    int32_t height, int32_t stride_h, int32_t stride_w, int32_t* __restrict__ base,
+    float* __restrict__ frac_x, float* __restrict__ frac_y, int32_t* __restrict__ fast) {
+  const float x_last = static_cast<float>(width - 2), y_last = static_cast<float>(height - 2);
+  const float row = static_cast<float>(y);
+  for (int32_t ix = 0; ix < width; ++ix) {
+    const float u = flow[ix * flow_sw], v = flow[ix * flow_sw + flow_sk];
+    const float u_floor = floorf(u), v_floor = floorf(v);
+    const float x0 = static_cast<float>(ix) + u_floor, y0 = row + v_floor;  // exact integers
+    const bool ok = x0 >= 0.f && x0 <= x_last && y0 >= 0.f && y0 <= y_last;
+    base[ix] = static_cast<int32_t>(ok ? y0 : 0.f) * stride_h + static_cast<int32_t>(ok ? x0 : 0.f) * stride_w;
+    frac_x[ix] = ok ? u - u_floor : 0.f;
+    frac_y[ix] = ok ? v - v_floor : 0.f;
+    fast[ix] = ok ? -1 : 0;
+  }
+}
+#endif
 
 // The taps of one row of output pixels.
 template <typename acc_t>
@@ -60,13 +88,64 @@ struct RowTaps {
   void compute(const flow_t* flow_row, int64_t flow_sw, int64_t flow_sk, int64_t y, int64_t height,
                int64_t width, int64_t sh, int64_t sw, bool align_corners, int64_t padding,
                int64_t interpolation) {
+    // The modes become compile-time constants of the (force-inlined) shared maths, which then sheds
+    // its branches: a third of the forward's time went to tap computation before.
+    const bool border = padding == kBorder, nearest = interpolation == kNearest;
+    auto run = [&](auto align_c, auto border_c, auto nearest_c) {
+      compute_impl<decltype(align_c)::value, decltype(border_c)::value, decltype(nearest_c)::value>(
+          flow_row, flow_sw, flow_sk, y, height, width, sh, sw);
+    };
+    using T = std::true_type;
+    using F = std::false_type;
+    if (nearest) {
+      if (align_corners) border ? run(T{}, T{}, T{}) : run(T{}, F{}, T{});
+      else border ? run(F{}, T{}, T{}) : run(F{}, F{}, T{});
+    } else {
+      if (align_corners) border ? run(T{}, T{}, F{}) : run(T{}, F{}, F{});
+      else border ? run(F{}, T{}, F{}) : run(F{}, F{}, F{});
+    }
+  }
+
+  template <bool kAlign, bool kBorder, bool kNearest, typename flow_t>
+  void compute_impl(const flow_t* flow_row, int64_t flow_sw, int64_t flow_sk, int64_t y,
+                    int64_t height, int64_t width, int64_t sh, int64_t sw) {
     slow_taps.clear();
     slow_pixels.clear();
+#ifdef VSR_FAST_X86_SIMD
+    if constexpr (kAlign && !kBorder && !kNearest && std::is_same_v<flow_t, float> &&
+                  std::is_same_v<acc_t, float>) {
+      if (width > 1 && cpu_has_avx2_fma() && offsets_fit_int32(height, width, sh, sw)) {
+        propagation_row_taps_avx2(flow_row, flow_sw, flow_sk, static_cast<int32_t>(width),
+                                  static_cast<int32_t>(y), static_cast<int32_t>(height),
+                                  static_cast<int32_t>(sh), static_cast<int32_t>(sw), base32.data(),
+                                  frac_x.data(), frac_y.data(), slow.data());
+        for (int64_t ix = 0; ix < width; ++ix) {
+          base[ix] = base32[ix];
+          dpos_x[ix] = dpos_y[ix] = slow[ix] < 0 ? acc_t(1) : acc_t(0);
+          if (slow[ix] < 0) continue;
+          classify<kAlign, kBorder, kNearest>(flow_row, flow_sw, flow_sk, y, height, width, sh, sw, ix);
+        }
+        return;
+      }
+    }
+#endif
     for (int64_t ix = 0; ix < width; ++ix) {
+      classify<kAlign, kBorder, kNearest>(flow_row, flow_sw, flow_sk, y, height, width, sh, sw, ix);
+    }
+  }
+
+  static bool offsets_fit_int32(int64_t height, int64_t width, int64_t sh, int64_t sw) {
+    return height * sh + width * sw < std::numeric_limits<int32_t>::max();
+  }
+
+  template <bool kAlign, bool kBorder, bool kNearest, typename flow_t>
+  inline void classify(const flow_t* flow_row, int64_t flow_sw, int64_t flow_sk, int64_t y,
+                       int64_t height, int64_t width, int64_t sh, int64_t sw, int64_t ix) {
+    {
       const flow_t* f = flow_row + ix * flow_sw;
-      const PixelTaps<acc_t> t =
-          pixel_taps<acc_t>(y, ix, static_cast<acc_t>(f[0]), static_cast<acc_t>(f[flow_sk]), height,
-                            width, sh, sw, align_corners, padding, interpolation);
+      const PixelTaps<acc_t> t = pixel_taps<acc_t>(
+          y, ix, static_cast<acc_t>(f[0]), static_cast<acc_t>(f[flow_sk]), height, width, sh, sw,
+          kAlign, kBorder ? kBorder : kZeros, kNearest ? kNearest : kBilinear);
       if (t.num_taps == 4 && t.all_valid()) {
         base[ix] = t.offset[0];
         frac_x[ix] = t.frac_x;
@@ -98,8 +177,7 @@ inline acc_t sample_slow(const PixelTaps<acc_t>& t, const scalar_t* in) {
   return v;
 }
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define VSR_FAST_X86_SIMD 1
+#ifdef VSR_FAST_X86_SIMD
 // Compiled for AVX2+FMA whatever the build flags; called only after a run-time CPU check.
 __attribute__((target("avx2,fma"))) void sweep_row_avx2(const float* plane, float* out,
                                                         int64_t width, const int32_t* base,
@@ -174,6 +252,82 @@ __attribute__((target("avx2,fma"))) void blend_channels_avx2(const float* p0, co
     _mm256_storeu_ps(out + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(p3 + i), r));
   }
   for (; i < channels; ++i) out[i] = w0 * p0[i] + w1 * p1[i] + w2 * p2[i] + w3 * p3[i];
+}
+
+// Backward of one NCHW fp32 plane along one row (x stride 1, unit-stride grad_out row): the flow
+// gradient is computed 8 pixels at a time with the forward's pair gathers, the grad_x scatter stays
+// scalar (taps of neighbouring pixels collide) but with the weights computed in vectors. Slow pixels
+// are masked out here; the caller handles them.
+__attribute__((target("avx2,fma"))) void backward_row_avx2(
+    const float* plane, float* gx, const float* g, int64_t width, const int32_t* base,
+    const int32_t* slow, const float* frac_x, const float* frac_y, const float* dpos_x,
+    const float* dpos_y, int32_t dy, float* dflow_x, float* dflow_y) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+  const __m128i down = _mm_set1_epi32(dy);
+  const double* pairs = reinterpret_cast<const double*>(plane);
+  alignas(32) float w[4][8];
+  int64_t ix = 0;
+  for (; ix + 8 <= width; ix += 8) {
+    const __m256 go = _mm256_loadu_ps(g + ix);
+    const __m256 fx = _mm256_loadu_ps(frac_x + ix), fy = _mm256_loadu_ps(frac_y + ix);
+    const __m256i slow_v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(slow + ix));
+    const __m256 fast = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_setzero_si256(), slow_v));
+    if (dflow_x) {
+      const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + ix));
+      const __m128i b1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + ix + 4));
+      const __m256 t0 = _mm256_castpd_ps(_mm256_i32gather_pd(pairs, b0, 4));
+      const __m256 t1 = _mm256_castpd_ps(_mm256_i32gather_pd(pairs, b1, 4));
+      const __m256 u0 = _mm256_castpd_ps(_mm256_i32gather_pd(pairs, _mm_add_epi32(b0, down), 4));
+      const __m256 u1 = _mm256_castpd_ps(_mm256_i32gather_pd(pairs, _mm_add_epi32(b1, down), 4));
+      // back to pixel order 0..7 (the pair gathers deliver 0 1 4 5 2 3 6 7)
+      const __m256 v00 = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t0, t1, 0x88), order);
+      const __m256 v01 = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t0, t1, 0xDD), order);
+      const __m256 v10 = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(u0, u1, 0x88), order);
+      const __m256 v11 = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(u0, u1, 0xDD), order);
+      const __m256 dx_sum = _mm256_fmadd_ps(fy, _mm256_sub_ps(v11, v10),
+                                            _mm256_mul_ps(_mm256_sub_ps(one, fy), _mm256_sub_ps(v01, v00)));
+      const __m256 dy_sum = _mm256_fmadd_ps(fx, _mm256_sub_ps(v11, v01),
+                                            _mm256_mul_ps(_mm256_sub_ps(one, fx), _mm256_sub_ps(v10, v00)));
+      // the and-mask (not a multiply) keeps inf/NaN read for slow pixels out of the sums
+      const __m256 ddx = _mm256_and_ps(fast, _mm256_mul_ps(_mm256_mul_ps(go, _mm256_loadu_ps(dpos_x + ix)), dx_sum));
+      const __m256 ddy = _mm256_and_ps(fast, _mm256_mul_ps(_mm256_mul_ps(go, _mm256_loadu_ps(dpos_y + ix)), dy_sum));
+      _mm256_storeu_ps(dflow_x + ix, _mm256_add_ps(_mm256_loadu_ps(dflow_x + ix), ddx));
+      _mm256_storeu_ps(dflow_y + ix, _mm256_add_ps(_mm256_loadu_ps(dflow_y + ix), ddy));
+    }
+    if (gx) {
+      const __m256 gxw = _mm256_sub_ps(one, fx);
+      const __m256 top = _mm256_mul_ps(go, _mm256_sub_ps(one, fy)), bottom = _mm256_mul_ps(go, fy);
+      _mm256_store_ps(w[0], _mm256_mul_ps(top, gxw));
+      _mm256_store_ps(w[1], _mm256_mul_ps(top, fx));
+      _mm256_store_ps(w[2], _mm256_mul_ps(bottom, gxw));
+      _mm256_store_ps(w[3], _mm256_mul_ps(bottom, fx));
+      for (int k = 0; k < 8; ++k) {
+        if (slow[ix + k] >= 0) continue;
+        float* p = gx + base[ix + k];
+        p[0] += w[0][k];
+        p[1] += w[1][k];
+        p[dy] += w[2][k];
+        p[dy + 1] += w[3][k];
+      }
+    }
+  }
+  for (; ix < width; ++ix) {
+    if (slow[ix] >= 0) continue;
+    const float fx = frac_x[ix], fy = frac_y[ix], go = g[ix];
+    const int32_t b = base[ix];
+    if (gx) {
+      gx[b] += (1 - fy) * (1 - fx) * go;
+      gx[b + 1] += (1 - fy) * fx * go;
+      gx[b + dy] += fy * (1 - fx) * go;
+      gx[b + dy + 1] += fy * fx * go;
+    }
+    if (dflow_x) {
+      const float v00 = plane[b], v01 = plane[b + 1], v10 = plane[b + dy], v11 = plane[b + dy + 1];
+      dflow_x[ix] += go * dpos_x[ix] * ((1 - fy) * (v01 - v00) + fy * (v11 - v10));
+      dflow_y[ix] += go * dpos_y[ix] * ((1 - fx) * (v10 - v00) + fx * (v11 - v01));
+    }
+  }
 }
 
 bool cpu_has_avx2_fma() {
@@ -300,9 +454,10 @@ at::Tensor flow_warp_cpu(const at::Tensor& x, const at::Tensor& flow, int64_t in
 template <typename scalar_t, typename acc_t>
 inline void backward_row_plane(const RowTaps<acc_t>& row, int64_t width, const scalar_t* plane,
                                acc_t* gx, const scalar_t* g, int64_t g_sw, int64_t dx, int64_t dy,
-                               acc_t* dflow) {
+                               acc_t* dflow, bool slow_only) {
   const int64_t dxy = dx + dy;
   for (int64_t ix = 0; ix < width; ++ix) {
+    if (slow_only && row.slow[ix] < 0) continue;
     const acc_t go = static_cast<acc_t>(g[ix * g_sw]);
     if (row.slow[ix] < 0) {
       const acc_t fx = row.frac_x[ix], fy = row.frac_y[ix];
@@ -355,8 +510,14 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   acc_t* gx_ptr = grad_x_acc.defined() ? grad_x_acc.mutable_data_ptr<acc_t>() : nullptr;
   acc_t* part_ptr = flow_partial.defined() ? flow_partial.mutable_data_ptr<acc_t>() : nullptr;
 
+  // fp32 NCHW rows (x and grad_out unit stride along W) go through the AVX2 sweep; its pair
+  // gathers read a 2x2 patch at the plane origin for slow pixels, so H, W >= 2.
+  const bool simd = std::is_same_v<scalar_t, float> && cpu_has_avx2_fma() && xs[3] == 1 &&
+                    gs[3] == 1 && H >= 2 && W >= 2 && plane_fits_int32(x);
+
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     RowTaps<acc_t> row(W);
+    std::vector<acc_t> dflow_x(simd ? W : 0), dflow_y(simd ? W : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, c0 = (task % blocks) * block;
       const int64_t c1 = std::min(C, c0 + block);
@@ -365,12 +526,37 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
                     align_corners, padding_mode, interpolation);
         acc_t* dflow = part_ptr ? part_ptr + (task * H + y) * W * 2 : nullptr;
         if (dflow) std::fill(dflow, dflow + 2 * W, acc_t(0));
+        if (simd && dflow) {
+          std::fill(dflow_x.begin(), dflow_x.end(), acc_t(0));
+          std::fill(dflow_y.begin(), dflow_y.end(), acc_t(0));
+        }
         for (int64_t c = c0; c < c1; ++c) {
           const int64_t plane_offset = n * xs[0] + c * xs[1];
-          backward_row_plane<scalar_t, acc_t>(row, W, x_ptr + plane_offset,
-                                              gx_ptr ? gx_ptr + plane_offset : nullptr,
-                                              g_ptr + n * gs[0] + c * gs[1] + y * gs[2], gs[3],
-                                              xs[3], xs[2], dflow);
+          const scalar_t* g_row = g_ptr + n * gs[0] + c * gs[1] + y * gs[2];
+          acc_t* gx = gx_ptr ? gx_ptr + plane_offset : nullptr;
+#ifdef VSR_FAST_X86_SIMD
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (simd) {
+              backward_row_avx2(x_ptr + plane_offset, gx, g_row, W, row.base32.data(),
+                                row.slow.data(), row.frac_x.data(), row.frac_y.data(),
+                                row.dpos_x.data(), row.dpos_y.data(), static_cast<int32_t>(xs[2]),
+                                dflow ? dflow_x.data() : nullptr, dflow ? dflow_y.data() : nullptr);
+              if (!row.slow_pixels.empty()) {
+                backward_row_plane<scalar_t, acc_t>(row, W, x_ptr + plane_offset, gx, g_row, gs[3],
+                                                    xs[3], xs[2], dflow, /*slow_only=*/true);
+              }
+              continue;
+            }
+          }
+#endif
+          backward_row_plane<scalar_t, acc_t>(row, W, x_ptr + plane_offset, gx, g_row, gs[3], xs[3],
+                                              xs[2], dflow, /*slow_only=*/false);
+        }
+        if (simd && dflow) {
+          for (int64_t ix = 0; ix < W; ++ix) {
+            dflow[2 * ix] += dflow_x[ix];
+            dflow[2 * ix + 1] += dflow_y[ix];
+          }
         }
       }
     }
@@ -399,7 +585,7 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   // Enough (image, channel block) tasks for every thread, but blocks as large as that allows: each
   // block recomputes the taps and adds a grad_flow partial to reduce.
-  const int64_t want_tasks = 2 * at::get_num_threads();
+  const int64_t want_tasks = at::get_num_threads();
   const int64_t blocks_per_image = std::min(C, (want_tasks + N - 1) / N);
   const int64_t block = (C + blocks_per_image - 1) / blocks_per_image;
   const int64_t blocks = (C + block - 1) / block;
