@@ -38,9 +38,10 @@ def sync(device):
 
 @pytest.fixture
 def run_case(benchmark):
-    """run_case(group, impl, fn, device): time fn (synchronised on CUDA) and record it."""
+    """run_case(group, impl, fn, device, bytes_moved=None): time fn (synchronised on CUDA) and
+    record it; bytes_moved (the least memory traffic the work needs) gives an achieved bandwidth."""
 
-    def run(group, impl, fn, device, rounds=None):
+    def run(group, impl, fn, device, rounds=None, bytes_moved=None):
         def timed():
             fn()
             sync(device)
@@ -59,6 +60,7 @@ def run_case(benchmark):
             "min_ms": stats.min * 1e3,
             "peak_mb": (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None),
             "device": _device_name(device),
+            "gb_per_s": bytes_moved / stats.median / 1e9 if bytes_moved else None,
         }
 
     return run
@@ -75,7 +77,8 @@ def pytest_sessionfinish(session, exitstatus):
         for impl, r in sorted(impls.items()):
             ratio = f" = {r['median_ms'] / base['median_ms']:.2f}x" if base and impl != "vsr_fast" else ""
             mem = f", {r['peak_mb']:.0f} MB peak" if r["peak_mb"] is not None else ""
-            parts.append(f"{impl} {r['median_ms']:.3f} ms{ratio}{mem}")
+            bw = f", {r['gb_per_s']:.0f} GB/s" if r.get("gb_per_s") else ""
+            parts.append(f"{impl} {r['median_ms']:.3f} ms{ratio}{bw}{mem}")
         lines.append(f"  {group}: " + "; ".join(parts))
     text = "\n".join(lines)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
