@@ -49,6 +49,16 @@ TORCH_LIBRARY(vsr_fast, m) {
   // Returns (grad_x, grad_flow); an output whose output_mask entry is false is an empty [0] tensor.
   m.def("_flow_warp_backward(Tensor grad_out, Tensor x, Tensor flow, int interpolation, "
         "int padding_mode, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
+
+  // BasicVSR's propagation trunk: conv3x3(weights[0]) + LeakyReLU(0.1), then ResidualBlockNoBN k
+  // (k = 0 .. blocks-1) = x + conv3x3(weights[2+2k], relu(conv3x3(weights[1+2k], x))). All convs
+  // stride 1, padding 1, with bias. weights/biases: 1 + 2 * blocks entries.
+  m.def("residual_trunk(Tensor x, Tensor[] weights, Tensor[] biases) -> Tensor");
+  // One recurrent step: the trunk applied to cat[lr, feature?, warp(state, flow)] without forming
+  // the concatenation separately. state None: a zero state (first frame); flow None: no warp. The warp
+  // is flow_warp's bilinear, zeros padding, align_corners=True.
+  m.def("propagation_step(Tensor lr, Tensor? feature, Tensor? state, Tensor? flow, Tensor[] weights, "
+        "Tensor[] biases) -> Tensor");
 }
 
 // An importable, empty module: importing vsr_fast._C loads this library and runs the registrations

@@ -5,8 +5,8 @@ of the operators.
 """
 from ._extension import build_info
 from . import ops
-from .ops import flow_warp
+from .ops import flow_warp, propagation_step, residual_trunk
 from . import reference
 
-__all__ = ["build_info", "flow_warp", "ops", "reference"]
+__all__ = ["build_info", "flow_warp", "residual_trunk", "propagation_step", "ops", "reference"]
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 """Python side of the vsr_fast operators: public wrappers, fake kernels, autograd formulas."""
 from .flow_warp import flow_warp
+from .residual_trunk import propagation_step, residual_trunk, trunk_parameters
 
-__all__ = ["flow_warp"]
+__all__ = ["flow_warp", "residual_trunk", "propagation_step", "trunk_parameters"]

@@ -1,0 +1,137 @@
+"""vsr_fast::residual_trunk and vsr_fast::propagation_step: BasicVSR's propagation trunk as one op.
+
+Backward is by recomputation: only the op's inputs are saved, and the backward pass re-runs the step
+with plain ATen operators under autograd (correct by construction, and the activations of only one
+step are alive at a time during training).
+"""
+import torch
+import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
+
+from .flow_warp import flow_warp
+
+__all__ = ["residual_trunk", "propagation_step", "trunk_parameters"]
+
+
+def trunk_parameters(trunk):
+    """(weights, biases) lists of a ResidualBlocksWithInputConv-shaped module (mmagic key layout:
+    main.0 input conv, main.2.k.conv1 / conv2), in the order the ops expect."""
+    weights, biases = [trunk.main[0].weight], [trunk.main[0].bias]
+    for block in trunk.main[2]:
+        weights += [block.conv1.weight, block.conv2.weight]
+        biases += [block.conv1.bias, block.conv2.bias]
+    return weights, biases
+
+
+def residual_trunk(x, weights, biases):
+    """conv3x3 + LeakyReLU(0.1), then ResidualBlockNoBN (conv3x3-ReLU-conv3x3 + identity) per pair of
+    weights. weights/biases: [input conv, block0.conv1, block0.conv2, block1.conv1, ...]."""
+    return torch.ops.vsr_fast.residual_trunk(x, list(weights), list(biases))
+
+
+def propagation_step(lr, feature, state, flow, weights, biases):
+    """trunk(cat[lr, feature, flow_warp(state, flow)]) in one op. feature may be None (BasicVSR);
+    state None means a zero state (first frame); flow None means no warp."""
+    return torch.ops.vsr_fast.propagation_step(lr, feature, state, flow, list(weights), list(biases))
+
+
+def trunk_eager(x, weights, biases):
+    """The trunk in plain ATen ops: the backward's recomputation and the kernels' check."""
+    h = F.leaky_relu(F.conv2d(x, weights[0], biases[0], padding=1), 0.1)
+    for k in range(1, len(weights), 2):
+        t = F.relu(F.conv2d(h, weights[k], biases[k], padding=1))
+        h = h + F.conv2d(t, weights[k + 1], biases[k + 1], padding=1)
+    return h
+
+
+def step_input_eager(lr, feature, state, flow, channels):
+    if state is None:
+        state = lr.new_zeros(lr.shape[0], channels, lr.shape[2], lr.shape[3])
+    elif flow is not None:
+        state = flow_warp(state, flow)
+    parts = [lr] + ([feature] if feature is not None else []) + [state]
+    return torch.cat(parts, dim=1)
+
+
+def _output_like(x, channels):
+    return torch.empty((x.shape[0], channels, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
+                       memory_format=suggest_memory_format(x))
+
+
+@torch.library.register_fake("vsr_fast::residual_trunk")
+def _residual_trunk_fake(x, weights, biases):
+    return _output_like(x, weights[0].shape[0])
+
+
+@torch.library.register_fake("vsr_fast::propagation_step")
+def _propagation_step_fake(lr, feature, state, flow, weights, biases):
+    return _output_like(lr, weights[0].shape[0])
+
+
+def _detached(t, needed):
+    if t is None:
+        return None
+    d = t.detach()
+    d.requires_grad_(needed)
+    return d
+
+
+def _trunk_setup(ctx, inputs, output):
+    x, weights, biases = inputs
+    ctx.save_for_backward(x, *weights, *biases)
+    ctx.blocks = len(weights)
+
+
+def _trunk_backward(ctx, grad_out):
+    saved = ctx.saved_tensors
+    n = ctx.blocks
+    need_x = ctx.needs_input_grad[0]
+    need_w, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+    x = _detached(saved[0], need_x)
+    weights = [_detached(w, bool(need_w)) for w in saved[1:1 + n]]
+    biases = [_detached(b, bool(need_b)) for b in saved[1 + n:]]
+    wanted = ([x] if need_x else []) + (weights if need_w else []) + (biases if need_b else [])
+    if not wanted:
+        return None, None, None
+    with torch.enable_grad():
+        grads = list(torch.autograd.grad(trunk_eager(x, weights, biases), wanted, grad_out))
+    grad_x = grads.pop(0) if need_x else None
+    grad_w = [grads.pop(0) for _ in range(n)] if need_w else None
+    grad_b = [grads.pop(0) for _ in range(n)] if need_b else None
+    return grad_x, grad_w, grad_b
+
+
+def _step_setup(ctx, inputs, output):
+    lr, feature, state, flow, weights, biases = inputs
+    ctx.has = (feature is not None, state is not None, flow is not None)
+    tensors = [t for t in (lr, feature, state, flow) if t is not None]
+    ctx.save_for_backward(*tensors, *weights, *biases)
+    ctx.blocks = len(weights)
+
+
+def _step_backward(ctx, grad_out):
+    saved = list(ctx.saved_tensors)
+    needs = ctx.needs_input_grad
+    lr = _detached(saved.pop(0), needs[0])
+    feature = _detached(saved.pop(0), needs[1]) if ctx.has[0] else None
+    state = _detached(saved.pop(0), needs[2]) if ctx.has[1] else None
+    flow = _detached(saved.pop(0), needs[3]) if ctx.has[2] else None
+    n = ctx.blocks
+    weights = [_detached(w, bool(needs[4])) for w in saved[:n]]
+    biases = [_detached(b, bool(needs[5])) for b in saved[n:]]
+    singles = [lr, feature, state, flow]
+    wanted = [t for t, need in zip(singles, needs[:4]) if need and t is not None]
+    wanted += (weights if needs[4] else []) + (biases if needs[5] else [])
+    if not wanted:
+        return (None,) * 6
+    with torch.enable_grad():
+        inp = step_input_eager(lr, feature, state, flow, weights[0].shape[0])
+        grads = list(torch.autograd.grad(trunk_eager(inp, weights, biases), wanted, grad_out))
+    out = [grads.pop(0) if (need and t is not None) else None for t, need in zip(singles, needs[:4])]
+    out.append([grads.pop(0) for _ in range(n)] if needs[4] else None)
+    out.append([grads.pop(0) for _ in range(n)] if needs[5] else None)
+    return tuple(out)
+
+
+torch.library.register_autograd("vsr_fast::residual_trunk", _trunk_backward, setup_context=_trunk_setup)
+torch.library.register_autograd("vsr_fast::propagation_step", _step_backward, setup_context=_step_setup)
