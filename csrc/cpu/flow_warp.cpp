@@ -28,6 +28,7 @@
 #include <tuple>
 #include <vector>
 
+#include "vsr_fast/cpu_kernels.h"
 #include "vsr_fast/flow_warp.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -433,12 +434,14 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tenso
   });
 }
 
-at::Tensor flow_warp_cpu(const at::Tensor& x, const at::Tensor& flow, int64_t interpolation,
-                         int64_t padding_mode, bool align_corners) {
+void forward_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out,
+                  int64_t interpolation, int64_t padding_mode, bool align_corners) {
   check_flow_warp_args("vsr_fast::flow_warp", x, flow, interpolation, padding_mode);
   TORCH_CHECK(x.device().is_cpu(), "vsr_fast::flow_warp: CPU kernel called with x on ", x.device());
-  at::Tensor out = at::empty_like(x);
-  if (out.numel() == 0) return out;
+  TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() && out.device().is_cpu(),
+              "vsr_fast::flow_warp: output must match x ", x.sizes(), " ", x.scalar_type(), ", got ",
+              out.sizes(), " ", out.scalar_type());
+  if (out.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vsr_fast::flow_warp", [&] {
     if (flow.scalar_type() == x.scalar_type()) {
       forward_kernel<scalar_t, scalar_t>(x, flow, out, interpolation, padding_mode, align_corners);
@@ -446,6 +449,12 @@ at::Tensor flow_warp_cpu(const at::Tensor& x, const at::Tensor& flow, int64_t in
       forward_kernel<scalar_t, float>(x, flow, out, interpolation, padding_mode, align_corners);
     }
   });
+}
+
+at::Tensor flow_warp_cpu(const at::Tensor& x, const at::Tensor& flow, int64_t interpolation,
+                         int64_t padding_mode, bool align_corners) {
+  at::Tensor out = at::empty_like(x);
+  forward_into(x, flow, out, interpolation, padding_mode, align_corners);
   return out;
 }
 
@@ -616,6 +625,12 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(
 }
 
 }  // namespace
+
+void flow_warp_cpu_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out,
+                        int64_t interpolation, int64_t padding_mode, bool align_corners) {
+  forward_into(x, flow, out, interpolation, padding_mode, align_corners);
+}
+
 }  // namespace vsr_fast
 
 TORCH_LIBRARY_IMPL(vsr_fast, CPU, m) {

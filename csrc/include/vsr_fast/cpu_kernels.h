@@ -1,0 +1,13 @@
+// CPU kernels that other CPU ops call directly (no dispatcher round trip, no intermediate tensor).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace vsr_fast {
+
+// flow_warp's CPU forward writing into `out` (x's shape, any strides, e.g. a channel slice of a
+// larger buffer). Checks its arguments like the op does.
+void flow_warp_cpu_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out,
+                        int64_t interpolation, int64_t padding_mode, bool align_corners);
+
+}  // namespace vsr_fast
