@@ -15,6 +15,7 @@ import pytest
 import torch
 
 _RESULTS = defaultdict(dict)  # group -> impl -> {"median_ms", "min_ms", "peak_mb"}
+_VALUES = defaultdict(dict)  # group -> impl -> a measured value (not a time)
 
 
 def _device_name(device):
@@ -66,8 +67,20 @@ def run_case(benchmark):
     return run
 
 
+@pytest.fixture
+def record_value(benchmark):
+    """record_value(group, impl, value): a measured quantity that is not a time (e.g. peak memory);
+    printed beside the ratios. Uses the benchmark fixture so that --benchmark-only keeps the test."""
+
+    def record(group, impl, value):
+        benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+        _VALUES[group][impl] = value
+
+    return record
+
+
 def pytest_sessionfinish(session, exitstatus):
-    if not _RESULTS:
+    if not _RESULTS and not _VALUES:
         return
     lines = ["", "vsr_fast benchmark ratios (median time of the other implementation / vsr_fast's, same run):"]
     for group in sorted(_RESULTS):
@@ -80,6 +93,8 @@ def pytest_sessionfinish(session, exitstatus):
             bw = f", {r['gb_per_s']:.0f} GB/s" if r.get("gb_per_s") else ""
             parts.append(f"{impl} {r['median_ms']:.3f} ms{ratio}{bw}{mem}")
         lines.append(f"  {group}: " + "; ".join(parts))
+    for group in sorted(_VALUES):
+        lines.append(f"  {group}: " + "; ".join(f"{impl} {v:g}" for impl, v in sorted(_VALUES[group].items())))
     text = "\n".join(lines)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
@@ -91,4 +106,5 @@ def pytest_sessionfinish(session, exitstatus):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "git_sha": _git_sha(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "threads": torch.get_num_threads(), "results": _RESULTS}, indent=1, sort_keys=True))
+        "threads": torch.get_num_threads(), "results": _RESULTS, "values": _VALUES}, indent=1,
+        sort_keys=True))

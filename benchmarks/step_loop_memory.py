@@ -1,0 +1,54 @@
+"""Peak resident memory of a 20-step propagation loop (inference), one implementation per process.
+
+Usage: python benchmarks/step_loop_memory.py {vsr_fast,reference,reference_compiled} N C_IN H W
+Prints the growth of the peak RSS over the loop in MiB (VmHWM is reset after setup through
+/proc/self/clear_refs, so set-up allocations do not count).
+"""
+import sys
+
+import torch
+
+import vsr_fast
+from vsr_fast import reference
+from vsr_fast.ops.residual_trunk import trunk_parameters
+
+STEPS = 20
+
+
+def rss_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def main(impl, n, c_in, h, w):
+    torch.manual_seed(0)
+    trunk = reference.ResidualBlocksWithInputConv(c_in, 64, num_blocks=30).eval()
+    weights, biases = trunk_parameters(trunk)
+    lrs = torch.rand(STEPS, n, c_in - 64, h, w)
+    flows = torch.randn(STEPS, n, h, w, 2) * 3
+
+    def reference_step(lr, state, flow):
+        return trunk(torch.cat([lr, reference.flow_warp(state, flow)], 1))
+
+    step = {
+        "vsr_fast": lambda lr, state, flow: vsr_fast.propagation_step(lr, None, state, flow, weights, biases),
+        "reference": reference_step,
+        "reference_compiled": torch.compile(reference_step),
+    }[impl]
+    with torch.no_grad():
+        state = torch.zeros(n, 64, h, w)
+        step(lrs[0], state, flows[0])  # warm-up: compilation, weight reordering, allocator
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        base = rss_kib("VmRSS")
+        for i in range(STEPS):
+            state = step(lrs[i], state, flows[i])
+        peak = rss_kib("VmHWM")
+    print(f"{(peak - base) / 1024:.1f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], *map(int, sys.argv[2:6]))
