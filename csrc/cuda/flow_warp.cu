@@ -57,6 +57,21 @@ bool fits_int32(std::initializer_list<const at::Tensor*> tensors, int64_t thread
   return true;
 }
 
+// The taps of pixel `pixel` (linear over N, H, W) and its coordinates.
+template <typename acc_t, typename flow_t, typename index_t>
+__device__ __forceinline__ PixelTaps<acc_t> taps_of_pixel(
+    index_t pixel, const flow_t* __restrict__ flow, Shape shape, Strides4<index_t> xs,
+    Strides4<index_t> fs, int64_t interpolation, int64_t padding_mode, bool align_corners,
+    index_t& n, index_t& y, index_t& ix) {
+  const index_t W = static_cast<index_t>(shape.w), H = static_cast<index_t>(shape.h);
+  ix = pixel % W;
+  y = (pixel / W) % H;
+  n = pixel / (W * H);
+  const flow_t* f = flow + n * fs.s0 + y * fs.s1 + ix * fs.s2;
+  return pixel_taps<acc_t>(y, ix, static_cast<acc_t>(f[0]), static_cast<acc_t>(f[fs.s3]), shape.h,
+                           shape.w, xs.s2, xs.s3, align_corners, padding_mode, interpolation);
+}
+
 template <typename scalar_t, typename flow_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
 forward_kernel(const scalar_t* __restrict__ x, const flow_t* __restrict__ flow,
@@ -66,16 +81,10 @@ forward_kernel(const scalar_t* __restrict__ x, const flow_t* __restrict__ flow,
   using acc_t = at::opmath_type<scalar_t>;
   const index_t idx = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (idx >= total) return;
-  const index_t pixel = idx % pixels;
   const index_t c0 = (idx / pixels) * kForwardChannels;
-  const index_t W = static_cast<index_t>(shape.w), H = static_cast<index_t>(shape.h);
-  const index_t ix = pixel % W;
-  const index_t y = (pixel / W) % H;
-  const index_t n = pixel / (W * H);
-  const flow_t* f = flow + n * fs.s0 + y * fs.s1 + ix * fs.s2;
-  const PixelTaps<acc_t> t = pixel_taps<acc_t>(y, ix, static_cast<acc_t>(f[0]),
-                                               static_cast<acc_t>(f[fs.s3]), shape.h, shape.w, xs.s2,
-                                               xs.s3, align_corners, padding_mode, interpolation);
+  index_t n, y, ix;
+  const PixelTaps<acc_t> t = taps_of_pixel<acc_t>(idx % pixels, flow, shape, xs, fs, interpolation,
+                                                  padding_mode, align_corners, n, y, ix);
   const index_t cn = min(static_cast<index_t>(kForwardChannels), static_cast<index_t>(shape.c) - c0);
   const scalar_t* in = x + n * xs.s0 + c0 * xs.s1;
   scalar_t* o = out + n * os.s0 + c0 * os.s1 + y * os.s2 + ix * os.s3;
@@ -134,14 +143,9 @@ backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restric
   using acc_t = at::opmath_type<scalar_t>;
   const index_t pixel = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (pixel >= pixels) return;
-  const index_t W = static_cast<index_t>(shape.w), H = static_cast<index_t>(shape.h);
-  const index_t ix = pixel % W;
-  const index_t y = (pixel / W) % H;
-  const index_t n = pixel / (W * H);
-  const flow_t* f = flow + n * fs.s0 + y * fs.s1 + ix * fs.s2;
-  const PixelTaps<acc_t> t = pixel_taps<acc_t>(y, ix, static_cast<acc_t>(f[0]),
-                                               static_cast<acc_t>(f[fs.s3]), shape.h, shape.w, xs.s2,
-                                               xs.s3, align_corners, padding_mode, interpolation);
+  index_t n, y, ix;
+  const PixelTaps<acc_t> t = taps_of_pixel<acc_t>(pixel, flow, shape, xs, fs, interpolation,
+                                                  padding_mode, align_corners, n, y, ix);
   const scalar_t* g = grad_out + n * gs.s0 + y * gs.s2 + ix * gs.s3;
   const scalar_t* in = x + n * xs.s0;
   acc_t* gx = grad_x ? grad_x + n * xs.s0 : nullptr;
@@ -198,13 +202,7 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vsr_fast::_flow_warp_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
-    at::Tensor grad_x_acc;
-    if (need_x) {
-      // half/bf16 gradients accumulate in fp32: many taps can land on one pixel
-      grad_x_acc = acc_type == x.scalar_type()
-                       ? grad_x
-                       : at::empty_strided(x.sizes(), x.strides(), x.options().dtype(acc_type)).zero_();
-    }
+    const at::Tensor grad_x_acc = need_x ? grad_x_accumulator(x, grad_x, acc_type) : at::Tensor();
     auto launch = [&](auto index_zero, auto flow_zero) {
       using index_t = decltype(index_zero);
       using flow_t = decltype(flow_zero);

@@ -195,6 +195,7 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE PixelTaps<acc_t> pixel_taps(
 
 // Host-only from here (nvcc's device pass parses it too, harmlessly).
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_strided.h>
 #include <c10/util/Exception.h>
 
 namespace vsr_fast {
@@ -220,6 +221,14 @@ inline void check_flow_warp_args(const char* op, const at::Tensor& x, const at::
               op, ": interpolation must be 0 (bilinear) or 1 (nearest), got ", interpolation);
   TORCH_CHECK(padding_mode == flow_warp_math::kZeros || padding_mode == flow_warp_math::kBorder, op,
               ": padding_mode must be 0 (zeros) or 1 (border), got ", padding_mode);
+}
+
+// What grad_x is scattered into: grad_x itself, or for float16/bfloat16 a zeroed fp32 tensor with
+// x's strides (many taps can land on one pixel; the caller copies it into grad_x afterwards).
+inline at::Tensor grad_x_accumulator(const at::Tensor& x, const at::Tensor& grad_x,
+                                     at::ScalarType acc_type) {
+  if (acc_type == x.scalar_type()) return grad_x;
+  return at::empty_strided(x.sizes(), x.strides(), x.options().dtype(acc_type)).zero_();
 }
 
 inline void check_flow_warp_backward_args(const at::Tensor& grad_out, const at::Tensor& x,
