@@ -445,11 +445,10 @@ void forward_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor&
               out.sizes(), " ", out.scalar_type());
   if (out.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vsr_fast::flow_warp", [&] {
-    if (flow.scalar_type() == x.scalar_type()) {
-      forward_kernel<scalar_t, scalar_t>(x, flow, out, interpolation, padding_mode, align_corners);
-    } else {
-      forward_kernel<scalar_t, float>(x, flow, out, interpolation, padding_mode, align_corners);
-    }
+    with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
+      forward_kernel<scalar_t, decltype(flow_zero)>(x, flow, out, interpolation, padding_mode,
+                                                    align_corners);
+    });
   });
 }
 
@@ -607,13 +606,10 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(
     const at::Tensor grad_x_acc = need_x ? grad_x_accumulator(x, grad_x, acc_type) : at::Tensor();
     at::Tensor partial;
     if (need_flow) partial = at::empty({N, blocks, H, W, 2}, x.options().dtype(acc_type));
-    if (flow.scalar_type() == x.scalar_type()) {
-      backward_kernel<scalar_t, scalar_t>(grad_out, x, flow, grad_x_acc, partial, block,
-                                          interpolation, padding_mode, align_corners);
-    } else {
-      backward_kernel<scalar_t, float>(grad_out, x, flow, grad_x_acc, partial, block, interpolation,
-                                       padding_mode, align_corners);
-    }
+    with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
+      backward_kernel<scalar_t, decltype(flow_zero)>(grad_out, x, flow, grad_x_acc, partial, block,
+                                                     interpolation, padding_mode, align_corners);
+    });
     if (need_x && !grad_x_acc.is_same(grad_x)) grad_x.copy_(grad_x_acc);
     if (need_flow) grad_flow.copy_(blocks == 1 ? partial.select(1, 0) : partial.sum(1));
   });

@@ -124,11 +124,9 @@ at::Tensor flow_warp_cuda(const at::Tensor& x, const at::Tensor& flow, int64_t i
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     const bool small = fits_int32({&x, &flow, &out}, total);
-    const bool same = flow.scalar_type() == x.scalar_type();
-    if (small && same) launch(int32_t{0}, scalar_t{0});
-    else if (small) launch(int32_t{0}, float{0});
-    else if (same) launch(int64_t{0}, scalar_t{0});
-    else launch(int64_t{0}, float{0});
+    with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
+      small ? launch(int32_t{0}, flow_zero) : launch(int64_t{0}, flow_zero);
+    });
   });
   return out;
 }
@@ -216,11 +214,9 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     const bool small = fits_int32({&grad_out, &x, &flow}, pixels);
-    const bool same = flow.scalar_type() == x.scalar_type();
-    if (small && same) launch(int32_t{0}, scalar_t{0});
-    else if (small) launch(int32_t{0}, float{0});
-    else if (same) launch(int64_t{0}, scalar_t{0});
-    else launch(int64_t{0}, float{0});
+    with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
+      small ? launch(int32_t{0}, flow_zero) : launch(int64_t{0}, flow_zero);
+    });
     if (need_x && !grad_x_acc.is_same(grad_x)) grad_x.copy_(grad_x_acc);
   });
   return {grad_x, grad_flow};

@@ -198,6 +198,8 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE PixelTaps<acc_t> pixel_taps(
 #include <ATen/ops/empty_strided.h>
 #include <c10/util/Exception.h>
 
+#include <type_traits>
+
 namespace vsr_fast {
 
 // Shared by both backends so every kernel rejects the same inputs with the same words.
@@ -221,6 +223,19 @@ inline void check_flow_warp_args(const char* op, const at::Tensor& x, const at::
               op, ": interpolation must be 0 (bilinear) or 1 (nearest), got ", interpolation);
   TORCH_CHECK(padding_mode == flow_warp_math::kZeros || padding_mode == flow_warp_math::kBorder, op,
               ": padding_mode must be 0 (zeros) or 1 (border), got ", padding_mode);
+}
+
+// Calls fn(flow_t{}) with the flow's element type: x's own, or float for float16/bfloat16 x (the
+// only mixed pair check_flow_warp_args lets through), without instantiating impossible pairs.
+template <typename scalar_t, typename Fn>
+void with_flow_type(const at::Tensor& x, const at::Tensor& flow, Fn&& fn) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (flow.scalar_type() != x.scalar_type()) {
+      fn(float{});
+      return;
+    }
+  }
+  fn(scalar_t{});
 }
 
 // What grad_x is scattered into: grad_x itself, or for float16/bfloat16 a zeroed fp32 tensor with
