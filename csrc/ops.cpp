@@ -59,6 +59,9 @@ TORCH_LIBRARY(vsr_fast, m) {
   // is flow_warp's bilinear, zeros padding, align_corners=True.
   m.def("propagation_step(Tensor lr, Tensor? feature, Tensor? state, Tensor? flow, Tensor[] weights, "
         "Tensor[] biases) -> Tensor");
+  // IconVSR's keyframe refill fusion: conv3x3(cat[state, refill], weight) + bias, no activation,
+  // without forming the concatenation. weight [C, C_state + C_refill, 3, 3].
+  m.def("keyframe_fusion(Tensor state, Tensor refill, Tensor weight, Tensor bias) -> Tensor");
 }
 
 // An importable, empty module: importing vsr_fast._C loads this library and runs the registrations

@@ -5,8 +5,10 @@ of the operators.
 """
 from ._extension import build_info
 from . import ops
-from .ops import flow_warp, propagation_step, residual_trunk
+from .ops import flow_warp, keyframe_fusion, propagation_step, residual_trunk
 from . import reference
 
-__all__ = ["build_info", "flow_warp", "residual_trunk", "propagation_step", "ops", "reference"]
+__all__ = [
+    "build_info", "flow_warp", "keyframe_fusion", "residual_trunk", "propagation_step", "ops", "reference",
+]
 __version__ = "0.1.0"

@@ -10,147 +10,30 @@
 //
 // propagation_step writes lr, the feature and the warped state straight into the channel slices of
 // the trunk's NHWC input buffer (the warp is flow_warp's CPU kernel writing into that slice).
-#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/leaky_relu.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
-#include <c10/util/intrusive_ptr.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <mutex>
 #include <optional>
-#include <unordered_map>
 #include <vector>
 
 #include "vsr_fast/cpu_kernels.h"
+#include "vsr_fast/onednn_conv.h"
 #include "vsr_fast/residual_trunk.h"
 
 namespace vsr_fast {
 namespace {
 
-const std::vector<int64_t> kOnes = {1, 1};
-
-// ---- weights reordered for oneDNN, cached per (weight tensor, version, input shape) -------------
-
-struct PackKey {
-  const c10::TensorImpl* impl;
-  int64_t n, h, w;
-  bool operator==(const PackKey& o) const {
-    return impl == o.impl && n == o.n && h == o.h && w == o.w;
-  }
-};
-
-struct PackKeyHash {
-  size_t operator()(const PackKey& k) const {
-    return std::hash<const void*>()(k.impl) ^ (std::hash<int64_t>()(k.n * 1000003 + k.h * 1009 + k.w) << 1);
-  }
-};
-
-struct PackEntry {
-  // The weight itself is held weakly: once it is freed the entry can never match again (its address
-  // may be reused by another tensor, so the pointer alone is not an identity).
-  c10::weak_intrusive_ptr<c10::TensorImpl> source;
-  uint32_t version;
-  const void* data;
-  at::Tensor packed;
-};
-
-class PackedWeights {
- public:
-  at::Tensor get(const at::Tensor& weight, int64_t n, int64_t h, int64_t w) {
-    const PackKey key{weight.unsafeGetTensorImpl(), n, h, w};
-    const uint32_t version = weight.unsafeGetTensorImpl()->version_counter().current_version();
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = entries_.find(key);
-      if (it != entries_.end()) {
-        const PackEntry& e = it->second;
-        auto alive = e.source.lock();
-        if (alive && alive.get() == key.impl && e.version == version && e.data == weight.data_ptr()) {
-          return e.packed;
-        }
-        entries_.erase(it);
-      }
-    }
-    static const c10::OperatorHandle& reorder =
-        c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "");
-    // The reorder misreads strided weights (found by tests/test_residual_trunk.py): pack a dense
-    // copy, but keep the entry keyed to the caller's tensor.
-    std::vector<c10::IValue> stack{weight.detach().contiguous(), kOnes, kOnes, kOnes, int64_t{1},
-                                   std::vector<int64_t>{n, weight.size(1), h, w}};
-    reorder.callBoxed(&stack);
-    at::Tensor packed = stack[0].toTensor();
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (entries_.size() >= kMaxEntries) prune();
-    entries_.insert_or_assign(
-        key, PackEntry{c10::weak_intrusive_ptr<c10::TensorImpl>(weight.getIntrusivePtr()), version,
-                       weight.data_ptr(), packed});
-    return packed;
-  }
-
- private:
-  static constexpr size_t kMaxEntries = 1024;  // ~8 trunks of 61 convolutions at two frame sizes
-
-  void prune() {
-    for (auto it = entries_.begin(); it != entries_.end();) {
-      it = it->second.source.expired() ? entries_.erase(it) : std::next(it);
-    }
-    if (entries_.size() >= kMaxEntries) entries_.clear();
-  }
-
-  std::mutex mutex_;
-  std::unordered_map<PackKey, PackEntry, PackKeyHash> entries_;
-};
-
-PackedWeights& packed_weights() {
-  static PackedWeights cache;
-  return cache;
-}
-
-// ---- oneDNN convolutions with fused epilogues ---------------------------------------------------
-
-// out = unary(conv(x) + bias); unary "leaky_relu" (slope in `scalars`), "relu" or "none".
-at::Tensor conv_unary(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias,
-                      const char* unary, c10::List<std::optional<at::Scalar>> scalars) {
-  static const c10::OperatorHandle& op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise", "");
-  std::vector<c10::IValue> stack{x, packed, bias.contiguous(), kOnes, kOnes, kOnes, int64_t{1}, std::string(unary),
-                                 std::move(scalars), std::string("")};
-  op.callBoxed(&stack);
-  return stack[0].toTensor();
-}
-
-// acc = unary(conv(x) + bias + acc), in place; unary "relu" or none (nullptr).
-void conv_add_into(const at::Tensor& acc, const at::Tensor& x, const at::Tensor& packed,
-                   const at::Tensor& bias, const char* unary) {
-  static const c10::OperatorHandle& op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise_", "binary");
-  std::vector<c10::IValue> stack{acc, x, packed, bias.contiguous(), kOnes, kOnes, kOnes, int64_t{1},
-                                 std::string("add"), at::Scalar(1.0),
-                                 unary ? c10::IValue(std::string(unary)) : c10::IValue(),
-                                 c10::List<std::optional<at::Scalar>>(),
-                                 unary ? c10::IValue(std::string("")) : c10::IValue()};
-  op.callBoxed(&stack);
-}
-
-bool onednn_usable(const at::Tensor& x) {
-  static const bool disabled = [] {
-    const char* v = std::getenv("VSR_FAST_CPU_TRUNK");
-    return v != nullptr && std::string(v) == "aten";
-  }();
-  return !disabled && x.scalar_type() == at::kFloat && at::hasMKLDNN() &&
-         at::globalContext().userEnabledMkldnn();
-}
-
 // The trunk over an NHWC input; returns an NHWC [N, C, H, W] tensor.
 at::Tensor trunk_onednn(const at::Tensor& input, at::TensorList weights, at::TensorList biases) {
   const int64_t n = input.size(0), h = input.size(2), w = input.size(3);
-  PackedWeights& cache = packed_weights();
+  using onednn::conv_add_into;
+  using onednn::conv_unary;
+  onednn::PackedWeights& cache = onednn::packed_weights();
   c10::List<std::optional<at::Scalar>> slope;
   slope.push_back(at::Scalar(0.1));
   at::Tensor feat = conv_unary(input, cache.get(weights[0], n, h, w), biases[0], "leaky_relu", slope);
@@ -166,7 +49,7 @@ at::Tensor trunk_onednn(const at::Tensor& input, at::TensorList weights, at::Ten
 
 at::Tensor trunk_aten(const at::Tensor& input, at::TensorList weights, at::TensorList biases) {
   auto conv = [](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-    return at::convolution(x, weight, bias, kOnes, kOnes, kOnes, false, {0, 0}, 1);
+    return at::convolution(x, weight, bias, onednn::kOnes, onednn::kOnes, onednn::kOnes, false, {0, 0}, 1);
   };
   at::Tensor feat = conv(input, weights[0], biases[0]);
   at::leaky_relu_(feat, 0.1);
@@ -178,7 +61,7 @@ at::Tensor trunk_aten(const at::Tensor& input, at::TensorList weights, at::Tenso
 
 at::Tensor run_trunk(const at::Tensor& input_nhwc, at::TensorList weights, at::TensorList biases) {
   // Weights and biases may be non-contiguous views; oneDNN's reorder and ATen both accept that.
-  return onednn_usable(input_nhwc) ? trunk_onednn(input_nhwc, weights, biases)
+  return onednn::usable(input_nhwc) ? trunk_onednn(input_nhwc, weights, biases)
                                    : trunk_aten(input_nhwc, weights, biases);
 }
 

@@ -1,5 +1,6 @@
 """Python side of the vsr_fast operators: public wrappers, fake kernels, autograd formulas."""
 from .flow_warp import flow_warp
+from .keyframe_fusion import keyframe_fusion
 from .residual_trunk import propagation_step, residual_trunk, trunk_parameters
 
-__all__ = ["flow_warp", "residual_trunk", "propagation_step", "trunk_parameters"]
+__all__ = ["flow_warp", "keyframe_fusion", "residual_trunk", "propagation_step", "trunk_parameters"]
