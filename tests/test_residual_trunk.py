@@ -227,3 +227,56 @@ def test_bad_inputs_raise_clear_errors(call, message):
     with pytest.raises(RuntimeError, match="vsr_fast::(residual_trunk|propagation_step)") as info:
         call(weights, biases)
     info.match(message)
+
+
+# ---- whole propagation loops: the reference models with their steps replaced by the ops -----------
+
+class _OpStepsBasicVSR(reference.BasicVSR):
+    def backward_step(self, lr, feat_prop, flow=None):
+        return vsr_fast.propagation_step(lr, None, feat_prop, None if flow is None else flow.permute(0, 2, 3, 1),
+                                         *trunk_parameters(self.backward_resblocks))
+
+    def forward_step(self, lr, feat_prop, flow=None):
+        return vsr_fast.propagation_step(lr, None, feat_prop, None if flow is None else flow.permute(0, 2, 3, 1),
+                                         *trunk_parameters(self.forward_resblocks))
+
+
+class _OpStepsIconVSR(reference.IconVSR):
+    def _state(self, feat_prop, flow, feat_refill, fusion):
+        if flow is not None:
+            feat_prop = vsr_fast.flow_warp(feat_prop, flow.permute(0, 2, 3, 1))
+        if feat_refill is not None:
+            feat_prop = vsr_fast.keyframe_fusion(feat_prop, feat_refill, fusion.weight, fusion.bias)
+        return feat_prop
+
+    def _step(self, lr, feature, feat_prop, flow, feat_refill, fusion, trunk):
+        if feat_refill is None:  # the op warps
+            return vsr_fast.propagation_step(lr, feature, feat_prop, None if flow is None else flow.permute(0, 2, 3, 1),
+                                             *trunk_parameters(trunk))
+        state = self._state(feat_prop, flow, feat_refill, fusion)
+        return vsr_fast.propagation_step(lr, feature, state, None, *trunk_parameters(trunk))
+
+    def backward_step(self, lr, feat_prop, flow=None, feat_refill=None):
+        return self._step(lr, None, feat_prop, flow, feat_refill, self.backward_fusion, self.backward_resblocks)
+
+    def forward_step(self, lr, feat_backward, feat_prop, flow=None, feat_refill=None):
+        return self._step(lr, feat_backward, feat_prop, flow, feat_refill, self.forward_fusion,
+                          self.forward_resblocks)
+
+
+@pytest.mark.parametrize("model_cls, ops_cls, kwargs, frames", [
+    (reference.BasicVSR, _OpStepsBasicVSR, dict(mid_channels=16, num_blocks=2), 6),
+    (reference.IconVSR, _OpStepsIconVSR, dict(mid_channels=16, num_blocks=2, padding=2), 7),
+])
+def test_reference_propagation_loop_with_the_ops(model_cls, ops_cls, kwargs, frames):
+    """The full recurrent loops (flows, both passes, refill fusion, reconstruction) with every step
+    replaced by the ops give the reference model's output."""
+    torch.manual_seed(0)
+    model = model_cls(**kwargs).eval()
+    with_ops = ops_cls(**kwargs).eval()
+    with_ops.load_state_dict(model.state_dict())
+    lrs = torch.rand(1, frames, 3, 20, 24)
+    with torch.no_grad(), pytest.warns(UserWarning, match="designed for inputs"):
+        expected = model.double()(lrs.double())
+        out = with_ops(lrs)
+    torch.testing.assert_close(out.double(), expected, atol=TOLERANCE["float32_chain"], rtol=0)
