@@ -598,11 +598,9 @@ void warp_into(at::Tensor& out, const at::Tensor& state, const at::Tensor& flow)
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     const bool small = fits_int32({&state, &flow, &out}, total);
-    const bool same = flow.scalar_type() == state.scalar_type();
-    if (small && same) launch(int32_t{0}, scalar_t{0});
-    else if (small) launch(int32_t{0}, float{0});
-    else if (same) launch(int64_t{0}, scalar_t{0});
-    else launch(int64_t{0}, float{0});
+    with_flow_type<scalar_t>(state, flow, [&](auto flow_zero) {
+      small ? launch(int32_t{0}, flow_zero) : launch(int64_t{0}, flow_zero);
+    });
   });
 }
 
