@@ -11,9 +11,14 @@ REPORT=$OUT/report.md
 PY=${PYTHON:-python}
 export MAX_JOBS=${MAX_JOBS:-16} VSR_FAST_CUDA=1 VSR_FAST_PTXAS_VERBOSE=1 PYTHONPATH=$PWD
 status() { printf -- '- %s: %s\n' "$1" "$2" >>"$REPORT"; }
+# Every step's timeout is cut to what is left of the script's budget, so the whole check ends within
+# ten minutes whatever a step does; a step with no time left is reported as skipped.
+BUDGET=${GPU_CHECK_BUDGET_S:-570}
 run_step() {  # name, timeout seconds, log file, command...
   local name=$1 limit=$2 log=$3; shift 3
-  local start=$SECONDS
+  local start=$SECONDS left=$((BUDGET - SECONDS))
+  if (( left < limit )); then limit=$left; fi
+  if (( limit < 10 )); then status "$name" "SKIPPED (time budget of ${BUDGET} s used up)"; return; fi
   if timeout "$limit" "$@" >"$log" 2>&1; then status "$name" "PASS ($((SECONDS - start)) s)"
   else status "$name" "FAIL rc=$? ($((SECONDS - start)) s, see $(basename "$log"))"; fi
 }
@@ -37,7 +42,13 @@ SAN=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/co
 run_step "compute-sanitizer memcheck" 180 "$OUT/memcheck.log" "$SAN" --tool memcheck --error-exitcode 3 $PY benchmarks/gpu_sanitizer_cases.py
 run_step "compute-sanitizer racecheck" 180 "$OUT/racecheck.log" "$SAN" --tool racecheck --error-exitcode 3 $PY benchmarks/gpu_sanitizer_cases.py
 VSR_FAST_BENCH_SUMMARY=$OUT/bench.json run_step "cuda benchmarks" 240 "$OUT/bench.log" \
-  $PY -m pytest benchmarks -q --benchmark-only -k cuda -p no:cacheprovider
+  $PY -m pytest benchmarks -q --benchmark-only -k "cuda and not trunk" -p no:cacheprovider
+# residual_trunk: auto / library / fused paths vs eager and torch.compile (the CUDA tests above ran
+# both paths through tests/test_residual_trunk_cuda.py, which parametrises VSR_FAST_TRUNK_IMPL)
+rm -f "$OUT/trunk_tflops.txt"
+VSR_FAST_BENCH_SUMMARY=$OUT/bench_trunk.json VSR_FAST_TRUNK_TFLOPS=$OUT/trunk_tflops.txt \
+  run_step "cuda trunk benchmarks" 240 "$OUT/bench_trunk.log" \
+  $PY -m pytest benchmarks/bench_trunk_cuda.py -q --benchmark-only -p no:cacheprovider
 
 {
   echo
@@ -46,6 +57,12 @@ VSR_FAST_BENCH_SUMMARY=$OUT/bench.json run_step "cuda benchmarks" 240 "$OUT/benc
   echo
   echo "## Benchmark ratios (same run)"
   sed -n '/benchmark ratios/,$p' "$OUT/bench.log" | grep -E "ratios|: " | head -60
+  echo
+  echo "## Trunk benchmark ratios (same run)"
+  sed -n '/benchmark ratios/,$p' "$OUT/bench_trunk.log" 2>/dev/null | grep -E "ratios|: " | head -40
+  echo
+  echo "## Trunk TFLOP/s"
+  cat "$OUT/trunk_tflops.txt" 2>/dev/null
   echo
   echo "## ptxas (registers / spills, counts)"
   cat "$OUT/ptxas.txt"

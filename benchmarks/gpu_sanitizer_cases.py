@@ -4,6 +4,7 @@ Run as `python benchmarks/gpu_sanitizer_cases.py`; exits non-zero if a result is
 sanitizer run also checks the values it watched being computed.
 """
 import itertools
+import os
 
 import torch
 
@@ -31,6 +32,46 @@ def flow_warp_cases():
     torch.cuda.synchronize()
 
 
+def residual_trunk_cases():
+    """Both CUDA paths of residual_trunk / propagation_step on tiny inputs (partial tiles on both
+    axes, two images), each checked against the float64 eager trunk."""
+    from vsr_fast.ops.residual_trunk import step_input_eager, trunk_eager
+
+    g = torch.Generator().manual_seed(1)
+    c = 64
+    weights = [torch.randn(c, 3 + c, 3, 3, generator=g, dtype=torch.float64) / (9 * (3 + c)) ** 0.5]
+    weights += [torch.randn(c, c, 3, 3, generator=g, dtype=torch.float64) / (9 * c) ** 0.5 for _ in range(2)]
+    biases = [torch.randn(c, generator=g, dtype=torch.float64) * 0.1 for _ in weights]
+    lr = torch.rand(2, 3, 19, 23, generator=g, dtype=torch.float64)
+    state = torch.rand(2, c, 19, 23, generator=g, dtype=torch.float64)
+    flow = torch.randn(2, 19, 23, 2, generator=g, dtype=torch.float64) * 2
+    x = step_input_eager(lr, None, state, flow, c)
+    expected = trunk_eager(x, weights, biases)
+    paths = [("library", torch.float32), ("library", torch.float16)]
+    if torch.cuda.get_device_capability()[0] >= 8:
+        paths += [("fused", torch.float16), ("fused", torch.bfloat16), ("auto", torch.float16)]
+    saved = os.environ.get("VSR_FAST_TRUNK_IMPL")
+    try:
+        for impl, dtype in paths:
+            os.environ["VSR_FAST_TRUNK_IMPL"] = impl
+            w = [t.to("cuda", dtype) for t in weights]
+            b = [t.to("cuda", dtype) for t in biases]
+            fl = flow.cuda().float() if dtype != torch.float32 else flow.cuda().to(dtype)
+            step = vsr_fast.propagation_step(lr.to("cuda", dtype), None, state.to("cuda", dtype), fl, w, b)
+            trunk = vsr_fast.residual_trunk(x.to("cuda", dtype).contiguous(memory_format=torch.channels_last), w, b)
+            tol = 1e-4 if dtype == torch.float32 else 16 * torch.finfo(dtype).eps * expected.abs().max().item()
+            for name, out in (("propagation_step", step), ("residual_trunk", trunk)):
+                err = (out.double().cpu() - expected).abs().max().item()
+                assert err <= tol, f"{name} {impl} {dtype}: max error {err:.3g} > {tol:.3g}"
+    finally:
+        if saved is None:
+            os.environ.pop("VSR_FAST_TRUNK_IMPL", None)
+        else:
+            os.environ["VSR_FAST_TRUNK_IMPL"] = saved
+    torch.cuda.synchronize()
+
+
 if __name__ == "__main__":
     flow_warp_cases()
+    residual_trunk_cases()
     print("gpu_sanitizer_cases: all cases ran and matched the reference")

@@ -1,0 +1,100 @@
+"""residual_trunk on CUDA: vsr_fast (auto, library and fused paths) vs the reference eager trunk
+(vsr_fast.ops.residual_trunk.trunk_eager, what the official code runs) and torch.compile of it.
+
+Trunk: 67 -> 64 channels, 30 residual blocks (BasicVSR's propagation trunk), fp32 / fp16 / bf16,
+contiguous NCHW inputs as the models feed them, on a 64x112 crop, 720p/4 and a batch of four 64x64
+training crops. Plus [1, 64, 180, 320] fp16 (64 -> 64 input conv, 30 blocks: 60 of the 61 convs are
+residual-block convs) to compare the fused residual-block kernel with the library path in TFLOP/s.
+fp32 runs with PyTorch's default cuDNN TF32 setting (allowed) on every implementation alike.
+
+Ratios of the same run are printed at the end (benchmarks/conftest.py); TFLOP/s (2 * 9 * C_in * C_out
+* H * W * N per conv, summed over the trunk) go to the benchmark's extra_info and to
+$VSR_FAST_TRUNK_TFLOPS (default .benchmarks/trunk_cuda_tflops.txt). The torch.compile baseline is
+compiled once per dtype with dynamic shapes (static shapes would mean ten compilations, which would
+dominate the GPU check's time budget); VSR_FAST_BENCH_COMPILE=0 skips it.
+"""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import vsr_fast
+from vsr_fast.ops.residual_trunk import trunk_eager
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+BLOCKS = 30
+SHAPES = {"crop64x112": (1, 67, 64, 112), "lr720p": (1, 67, 180, 320), "batch4": (4, 67, 64, 64)}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+IMPLS = ["vsr_fast", "vsr_fast_library", "vsr_fast_fused", "reference", "reference_compiled"]
+_ENV = {"vsr_fast": "auto", "vsr_fast_library": "library", "vsr_fast_fused": "fused"}
+_compiled = {}
+
+
+def trunk_inputs(shape, dtype, seed=0):
+    n, c_in, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(64, c_in, 3, 3, generator=g) * (9 * c_in) ** -0.5]
+    weights += [torch.randn(64, 64, 3, 3, generator=g) * 0.1 * (9 * 64) ** -0.5 for _ in range(2 * BLOCKS)]
+    biases = [torch.randn(64, generator=g) * 0.01 for _ in weights]
+    x = torch.rand(shape, generator=g)
+    dev = lambda t: t.to("cuda", dtype)  # noqa: E731
+    return dev(x), [dev(w) for w in weights], [dev(b) for b in biases]
+
+
+def trunk_flops(shape):
+    n, c_in, h, w = shape
+    return 2 * 9 * n * h * w * 64 * (c_in + 64 * 2 * BLOCKS)
+
+
+def function(impl, key):
+    if impl in _ENV:
+        return vsr_fast.residual_trunk
+    if impl == "reference":
+        return trunk_eager
+    if os.environ.get("VSR_FAST_BENCH_COMPILE", "1") == "0":
+        pytest.skip("VSR_FAST_BENCH_COMPILE=0")
+    if key not in _compiled:
+        _compiled[key] = torch.compile(trunk_eager, dynamic=True)
+    return _compiled[key]
+
+
+def record_tflops(benchmark, group, impl, flops):
+    tflops = flops / benchmark.stats.stats.median / 1e12
+    benchmark.extra_info["tflop_per_s"] = tflops
+    path = Path(os.environ.get("VSR_FAST_TRUNK_TFLOPS", ".benchmarks/trunk_cuda_tflops.txt"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(f"{group}: {impl} {tflops:.1f} TFLOP/s ({torch.cuda.get_device_name()})\n")
+
+
+def run(run_case, benchmark, monkeypatch, group, impl, shape, dtype):
+    if impl == "vsr_fast_fused" and (dtype == torch.float32 or torch.cuda.get_device_capability()[0] < 8):
+        pytest.skip("the fused kernel is fp16/bf16 on sm_80+ only")
+    if impl in _ENV:
+        monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", _ENV[impl])
+    x, weights, biases = trunk_inputs(shape, dtype)
+    fn = function(impl, dtype)
+
+    def case():
+        with torch.no_grad():
+            fn(x, weights, biases)
+
+    run_case(group, impl, case, torch.device("cuda"))
+    record_tflops(benchmark, group, impl, trunk_flops(shape))
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_trunk_cuda(run_case, benchmark, monkeypatch, impl, shape, dtype):
+    group = f"trunk{BLOCKS} {dtype} {shape} {list(SHAPES[shape])} cuda"
+    run(run_case, benchmark, monkeypatch, group, impl, SHAPES[shape], DTYPES[dtype])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_trunk_cuda_fused_blocks_720p(run_case, benchmark, monkeypatch, impl):
+    shape = (1, 64, 180, 320)
+    group = f"trunk{BLOCKS} blocks fp16 {list(shape)} cuda (TFLOP/s)"
+    run(run_case, benchmark, monkeypatch, group, impl, shape, torch.float16)
