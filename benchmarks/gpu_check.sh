@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a GPU machine can tell us, in one call of at most ten minutes (DESIGN.md §8):
 # build against the torch installed there, CUDA tests, compute-sanitizer on small cases of every
-# kernel, CUDA benchmarks, and a short report in $OUT (./gpu-report/ when OUT is unset).
+# kernel, CUDA benchmarks, and a short report in $OUT (./gpu-report/ when OUT is unset): report.md,
+# bench.json, bench_trunk.json and logs.tgz (every step's log).
 # Needs torch, nvcc, ninja, pytest, pytest-benchmark; no network.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,4 +68,7 @@ VSR_FAST_BENCH_SUMMARY=$OUT/bench_trunk.json VSR_FAST_TRUNK_TFLOPS=$OUT/trunk_tf
   echo "## ptxas (registers / spills, counts)"
   cat "$OUT/ptxas.txt"
 } >>"$REPORT"
+# The device tool brings back at most 8 files from $OUT: keep the report and the two JSON summaries
+# as they are and pack every log into one archive.
+(cd "$OUT" && tar czf logs.tgz --remove-files ./*.log ./*.txt 2>/dev/null)
 cat "$REPORT"
