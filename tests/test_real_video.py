@@ -125,3 +125,15 @@ def test_broken_models_do_not_reach_the_threshold(reds4_model, lr_frames, hr_fra
     bicubic = F.interpolate(lr_frames, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
     threshold = _psnr(bicubic, hr_frames) + MIN_GAIN_DB
     assert _sr_psnr(breakage(reds4_model), lr_frames, hr_frames) < threshold
+
+
+def test_fast_basicvsr_matches_the_reference_on_real_video(lr_frames, reds4_model):
+    """vsr_fast.BasicVSR (fused ops) with the official weights gives the reference's frames."""
+    import vsr_fast
+
+    fast = vsr_fast.BasicVSR().eval()
+    fast.load_state_dict(reds4_model.state_dict(), strict=True)
+    with torch.no_grad():
+        expected = reds4_model(lr_frames[None])
+        out = fast(lr_frames[None])
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)

@@ -7,8 +7,11 @@ from ._extension import build_info
 from . import ops
 from .ops import flow_warp, keyframe_fusion, propagation_step, residual_trunk
 from . import reference
+from . import models
+from .models import BasicVSR, IconVSR, SPyNet
 
 __all__ = [
-    "build_info", "flow_warp", "keyframe_fusion", "residual_trunk", "propagation_step", "ops", "reference",
+    "BasicVSR", "IconVSR", "SPyNet", "build_info", "flow_warp", "keyframe_fusion", "residual_trunk",
+    "propagation_step", "models", "ops", "reference",
 ]
 __version__ = "0.1.0"

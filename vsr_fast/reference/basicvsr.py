@@ -30,6 +30,9 @@ def check_video_input(lrs, name):
 class _RecurrentVSRBase(nn.Module):
     """What BasicVSR and IconVSR share: mirror detection, flows, the small-input warning, the tail."""
 
+    # the flow network's class; a subclass (vsr_fast.models) may substitute a faster one
+    spynet_class = SPyNet
+
     def _build_tail(self, mid_channels):
         self.upsample1 = PixelShufflePack(mid_channels, mid_channels, 2, upsample_kernel=3)
         # the last layers are 64 channels whatever mid_channels is (official comment and code)
@@ -112,7 +115,7 @@ class BasicVSR(_RecurrentVSRBase):
     def __init__(self, mid_channels=64, num_blocks=30, spynet_pretrained=None):
         super().__init__()
         self.mid_channels = mid_channels
-        self.spynet = SPyNet(pretrained=spynet_pretrained)
+        self.spynet = self.spynet_class(pretrained=spynet_pretrained)
         self.backward_resblocks = ResidualBlocksWithInputConv(mid_channels + 3, mid_channels, num_blocks)
         self.forward_resblocks = ResidualBlocksWithInputConv(mid_channels + 3, mid_channels, num_blocks)
         self.fusion = nn.Conv2d(mid_channels * 2, mid_channels, 1, 1, 0, bias=True)

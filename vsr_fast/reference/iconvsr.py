@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from .basicvsr import _RecurrentVSRBase, check_video_input
 from .blocks import ResidualBlocksWithInputConv
 from .edvr import EDVRFeatureExtractor
-from .spynet import SPyNet
 
 __all__ = ["IconVSR"]
 
@@ -37,7 +36,7 @@ class IconVSR(_RecurrentVSRBase):
         self.mid_channels = mid_channels
         self.padding = padding
         self.keyframe_stride = keyframe_stride
-        self.spynet = SPyNet(pretrained=spynet_pretrained)
+        self.spynet = self.spynet_class(pretrained=spynet_pretrained)
         self.edvr = EDVRFeatureExtractor(mid_channels=mid_channels, num_frames=padding * 2 + 1,
                                          center_frame_idx=padding, pretrained=edvr_pretrained)
         self.backward_fusion = nn.Conv2d(2 * mid_channels, mid_channels, 3, 1, 1, bias=True)

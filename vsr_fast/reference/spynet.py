@@ -47,6 +47,11 @@ class SPyNet(nn.Module):
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1))
         load_pretrained(self, pretrained, "SPyNet")
 
+    @staticmethod
+    def warp(image, flow):
+        """The pyramid's warp: ``flow`` (N, 2, H, W), border padding (not zeros as in propagation)."""
+        return flow_warp(image, flow.permute(0, 2, 3, 1), padding_mode="border")
+
     def compute_flow(self, ref, supp):
         """Flow ref -> supp for inputs whose sizes are already multiples of 32."""
         n, _, h, w = ref.shape
@@ -65,7 +70,7 @@ class SPyNet(nn.Module):
             else:
                 # align_corners=True here (unlike the resizes in forward), and values double with the grid
                 flow_up = F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True) * 2.0
-            warped = flow_warp(supp[level], flow_up.permute(0, 2, 3, 1), padding_mode="border")
+            warped = self.warp(supp[level], flow_up)
             flow = flow_up + self.basic_module[level](torch.cat([ref[level], warped, flow_up], 1))
         return flow
 

@@ -1,0 +1,66 @@
+"""The fast drop-in models (vsr_fast.BasicVSR / IconVSR) against the reference models."""
+import warnings
+
+import pytest
+import torch
+
+import vsr_fast
+from vsr_fast import reference
+
+from conftest import TOLERANCE
+
+
+def pair(fast_cls, ref_cls, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    ref = ref_cls(**kwargs).eval()
+    fast = fast_cls(**kwargs).eval()
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    return fast, ref
+
+
+@pytest.mark.parametrize("fast_cls, ref_cls, kwargs", [
+    (vsr_fast.BasicVSR, reference.BasicVSR, {}),
+    (vsr_fast.IconVSR, reference.IconVSR, {"padding": 3}),
+])
+def test_same_constructor_and_state_dict_keys(fast_cls, ref_cls, kwargs):
+    fast, ref = fast_cls(**kwargs), ref_cls(**kwargs)
+    assert [(k, v.shape) for k, v in fast.state_dict().items()] == \
+           [(k, v.shape) for k, v in ref.state_dict().items()]
+
+
+@pytest.mark.parametrize("fast_cls, ref_cls, kwargs, frames", [
+    (vsr_fast.BasicVSR, reference.BasicVSR, dict(mid_channels=16, num_blocks=2), 5),
+    (vsr_fast.IconVSR, reference.IconVSR, dict(mid_channels=16, num_blocks=2, padding=2), 6),
+])
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_outputs_match_the_reference(fast_cls, ref_cls, kwargs, frames, mirrored):
+    fast, ref = pair(fast_cls, ref_cls, **kwargs)
+    lrs = torch.rand(1, frames, 3, 22, 26)
+    if mirrored:
+        lrs = torch.cat([lrs, lrs.flip(1)], 1)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # inputs below 64x64
+        expected = ref.double()(lrs.double())
+        out = fast(lrs)
+    assert fast.is_mirror_extended == mirrored
+    torch.testing.assert_close(out.double(), expected, atol=TOLERANCE["float32_chain"], rtol=0)
+
+
+def test_training_gradients_match_the_reference():
+    fast, ref = pair(vsr_fast.BasicVSR, reference.BasicVSR, mid_channels=8, num_blocks=1)
+    fast.train()
+    ref.train()
+    lrs = torch.rand(1, 3, 3, 16, 20)
+    target = torch.rand(1, 3, 3, 64, 80)
+    grads = []
+    for model in (fast, ref):
+        model.zero_grad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            loss = torch.sqrt((model(lrs) - target) ** 2 + 1e-12).mean()  # Charbonnier, as in training
+        loss.backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for k in grads[0]:
+        scale = grads[1][k].abs().max().item() + 1e-12
+        torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-4 * scale + 1e-8, rtol=1e-3, msg=k)

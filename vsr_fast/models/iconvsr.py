@@ -1,0 +1,39 @@
+"""IconVSR whose propagation steps run through vsr_fast's fused ops.
+
+Steps without a keyframe are one propagation_step call (warp + concat + trunk); keyframe steps warp,
+fuse the refill feature with keyframe_fusion (no concat) and run the trunk. The EDVR refill extractor
+(PCD + DCNv2 + TSA) is still the pure-PyTorch reference: there is no fast DCN op yet.
+"""
+from .. import reference
+from ..ops import flow_warp, keyframe_fusion, propagation_step, trunk_parameters
+from .basicvsr import pixel_flow
+from .spynet import SPyNet
+
+__all__ = ["IconVSR"]
+
+
+class IconVSR(reference.IconVSR):
+    """Drop-in for mmagic's IconVSRNet (same constructor arguments and state-dict keys)."""
+
+    spynet_class = SPyNet
+
+    @staticmethod
+    def warp(feat, flow):
+        return flow_warp(feat, flow.permute(0, 2, 3, 1))
+
+    def _step(self, lr, feat_backward, feat_prop, flow, feat_refill, fusion, trunk):
+        if feat_refill is None:
+            return propagation_step(lr, feat_backward, feat_prop, pixel_flow(flow), *trunk_parameters(trunk))
+        if flow is not None:
+            feat_prop = self.warp(feat_prop, flow)
+        # propagated state first, refill second, as in the reference
+        state = keyframe_fusion(feat_prop, feat_refill, fusion.weight, fusion.bias)
+        return propagation_step(lr, feat_backward, state, None, *trunk_parameters(trunk))
+
+    def backward_step(self, lr, feat_prop, flow=None, feat_refill=None):
+        return self._step(lr, None, feat_prop, flow, feat_refill, self.backward_fusion,
+                          self.backward_resblocks)
+
+    def forward_step(self, lr, feat_backward, feat_prop, flow=None, feat_refill=None):
+        return self._step(lr, feat_backward, feat_prop, flow, feat_refill, self.forward_fusion,
+                          self.forward_resblocks)
