@@ -7,11 +7,11 @@ from ._extension import build_info
 from . import ops
 from .ops import flow_warp, keyframe_fusion, propagation_step, residual_trunk
 from . import reference
-from . import models
+from . import checkpoint, models
 from .models import BasicVSR, IconVSR, SPyNet
 
 __all__ = [
     "BasicVSR", "IconVSR", "SPyNet", "build_info", "flow_warp", "keyframe_fusion", "residual_trunk",
-    "propagation_step", "models", "ops", "reference",
+    "propagation_step", "checkpoint", "models", "ops", "reference",
 ]
 __version__ = "0.1.0"

@@ -1,8 +1,9 @@
 // CUDA kernels of vsr_fast::flow_warp and vsr_fast::_flow_warp_backward. The sampling maths is the
 // shared header's, so CPU and CUDA compute the same taps and weights.
 //
-// Forward: one thread per (pixel, block of channels); consecutive threads take consecutive pixels of
-// the same channel block, so NCHW reads and writes coalesce. Backward: one thread per pixel loops over
+// Forward: one thread per (pixel, block of channels), consecutive threads along the output's
+// fastest dimension (pixels for NCHW, channel blocks for channels_last), so the writes coalesce; it
+// also writes the warped state into its channel slice of propagation_step's trunk input. Backward: one thread per pixel loops over
 // all channels, so grad_flow is a private sum (deterministic) while grad_x is scattered with float
 // atomics (non-deterministic order, reported to torch's deterministic mode).
 #include <ATen/Context.h>
@@ -19,7 +20,9 @@
 #include <limits>
 #include <array>
 #include <tuple>
+#include <type_traits>
 
+#include "vsr_fast/cuda_kernels.h"
 #include "vsr_fast/flow_warp.h"
 
 namespace vsr_fast {
@@ -72,18 +75,21 @@ __device__ __forceinline__ PixelTaps<acc_t> taps_of_pixel(
                            shape.w, xs.s2, xs.s3, align_corners, padding_mode, interpolation);
 }
 
-template <typename scalar_t, typename flow_t, typename index_t>
+// kChannelsFastest (channels_last output): consecutive threads take consecutive channel groups of
+// one pixel; otherwise consecutive pixels of one channel group. Either way the writes coalesce.
+template <typename scalar_t, typename flow_t, typename index_t, bool kChannelsFastest>
 __global__ void __launch_bounds__(kThreads)
 forward_kernel(const scalar_t* __restrict__ x, const flow_t* __restrict__ flow,
                scalar_t* __restrict__ out, Shape shape, Strides4<index_t> xs, Strides4<index_t> os,
-               Strides4<index_t> fs, index_t pixels, index_t total, int64_t interpolation,
-               int64_t padding_mode, bool align_corners) {
+               Strides4<index_t> fs, index_t pixels, index_t groups, index_t total,
+               int64_t interpolation, int64_t padding_mode, bool align_corners) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t idx = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (idx >= total) return;
-  const index_t c0 = (idx / pixels) * kForwardChannels;
+  const index_t c0 = (kChannelsFastest ? idx % groups : idx / pixels) * kForwardChannels;
+  const index_t pixel = kChannelsFastest ? idx / groups : idx % pixels;
   index_t n, y, ix;
-  const PixelTaps<acc_t> t = taps_of_pixel<acc_t>(idx % pixels, flow, shape, xs, fs, interpolation,
+  const PixelTaps<acc_t> t = taps_of_pixel<acc_t>(pixel, flow, shape, xs, fs, interpolation,
                                                   padding_mode, align_corners, n, y, ix);
   const index_t cn = min(static_cast<index_t>(kForwardChannels), static_cast<index_t>(shape.c) - c0);
   const scalar_t* in = x + n * xs.s0 + c0 * xs.s1;
@@ -100,34 +106,51 @@ forward_kernel(const scalar_t* __restrict__ x, const flow_t* __restrict__ flow,
   }
 }
 
-at::Tensor flow_warp_cuda(const at::Tensor& x, const at::Tensor& flow, int64_t interpolation,
-                          int64_t padding_mode, bool align_corners) {
+void forward_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out,
+                  int64_t interpolation, int64_t padding_mode, bool align_corners) {
   check_flow_warp_args("vsr_fast::flow_warp", x, flow, interpolation, padding_mode);
   TORCH_CHECK(x.is_cuda(), "vsr_fast::flow_warp: CUDA kernel called with x on ", x.device());
+  TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() &&
+                  out.device() == x.device(),
+              "vsr_fast::flow_warp: output must match x ", x.sizes(), " ", x.scalar_type(), ", got ",
+              out.sizes(), " ", out.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor out = at::empty_like(x);
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return;
   const Shape shape{x.size(0), x.size(1), x.size(2), x.size(3)};
   const int64_t pixels = shape.n * shape.h * shape.w;
-  const int64_t total = pixels * ((shape.c + kForwardChannels - 1) / kForwardChannels);
+  const int64_t groups = (shape.c + kForwardChannels - 1) / kForwardChannels;
+  const int64_t total = pixels * groups;
   const int64_t blocks = (total + kThreads - 1) / kThreads;
+  const bool channels_fastest = out.stride(1) == 1 && shape.c > 1;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vsr_fast::flow_warp", [&] {
-    auto launch = [&](auto index_zero, auto flow_zero) {
+    auto launch = [&](auto index_zero, auto flow_zero, auto channels_fastest_c) {
       using index_t = decltype(index_zero);
       using flow_t = decltype(flow_zero);
-      forward_kernel<scalar_t, flow_t, index_t><<<blocks, kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), flow.const_data_ptr<flow_t>(),
-          out.mutable_data_ptr<scalar_t>(), shape, strides_of<index_t>(x), strides_of<index_t>(out),
-          strides_of<index_t>(flow), static_cast<index_t>(pixels), static_cast<index_t>(total),
-          interpolation, padding_mode, align_corners);
+      forward_kernel<scalar_t, flow_t, index_t, decltype(channels_fastest_c)::value>
+          <<<blocks, kThreads, 0, stream>>>(
+              x.const_data_ptr<scalar_t>(), flow.const_data_ptr<flow_t>(),
+              out.mutable_data_ptr<scalar_t>(), shape, strides_of<index_t>(x),
+              strides_of<index_t>(out), strides_of<index_t>(flow), static_cast<index_t>(pixels),
+              static_cast<index_t>(groups), static_cast<index_t>(total), interpolation,
+              padding_mode, align_corners);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     const bool small = fits_int32({&x, &flow, &out}, total);
     with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
-      small ? launch(int32_t{0}, flow_zero) : launch(int64_t{0}, flow_zero);
+      auto with_index = [&](auto index_zero) {
+        channels_fastest ? launch(index_zero, flow_zero, std::true_type{})
+                         : launch(index_zero, flow_zero, std::false_type{});
+      };
+      small ? with_index(int32_t{0}) : with_index(int64_t{0});
     });
   });
+}
+
+at::Tensor flow_warp_cuda(const at::Tensor& x, const at::Tensor& flow, int64_t interpolation,
+                          int64_t padding_mode, bool align_corners) {
+  at::Tensor out = at::empty_like(x);
+  forward_into(x, flow, out, interpolation, padding_mode, align_corners);
   return out;
 }
 
@@ -223,6 +246,12 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(
 }
 
 }  // namespace
+
+void flow_warp_cuda_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out,
+                         int64_t interpolation, int64_t padding_mode, bool align_corners) {
+  forward_into(x, flow, out, interpolation, padding_mode, align_corners);
+}
+
 }  // namespace vsr_fast
 
 TORCH_LIBRARY_IMPL(vsr_fast, CUDA, m) {

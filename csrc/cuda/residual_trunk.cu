@@ -46,6 +46,7 @@
 
 #include "vsr_fast/flow_warp.h"
 #include "vsr_fast/residual_block_mma.cuh"
+#include "vsr_fast/cuda_kernels.h"
 #include "vsr_fast/residual_trunk.h"
 
 namespace vsr_fast {
@@ -517,93 +518,6 @@ at::Tensor residual_trunk_cuda(const at::Tensor& x, at::TensorList weights, at::
 // ---------------------------------------------------------------------------------------------
 // Propagation step: the warped state goes straight into its channel slice of the trunk input
 
-struct Shape {
-  int64_t n, c, h, w;
-};
-
-template <typename index_t>
-struct Strides4 {
-  index_t s0, s1, s2, s3;
-};
-
-template <typename index_t>
-Strides4<index_t> strides_of(const at::Tensor& t) {
-  return {static_cast<index_t>(t.stride(0)), static_cast<index_t>(t.stride(1)),
-          static_cast<index_t>(t.stride(2)), static_cast<index_t>(t.stride(3))};
-}
-
-constexpr int kWarpChannels = 8;  // channels per thread
-
-// flow_warp's forward maths (bilinear, zeros padding, align_corners=True, same tap order and
-// accumulation, so the values are bit-identical to vsr_fast::flow_warp), written into a strided
-// output. Consecutive threads take consecutive channel groups of one pixel: the output slice is
-// channels_last, so the writes coalesce.
-template <typename scalar_t, typename flow_t, typename index_t>
-__global__ void __launch_bounds__(kThreads)
-warp_into_kernel(const scalar_t* __restrict__ state, const flow_t* __restrict__ flow,
-                 scalar_t* __restrict__ out, Shape shape, Strides4<index_t> ss, Strides4<index_t> os,
-                 Strides4<index_t> fs, index_t groups, index_t total) {
-  using namespace flow_warp_math;
-  using acc_t = at::opmath_type<scalar_t>;
-  const index_t idx = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (idx >= total) return;
-  const index_t c0 = (idx % groups) * kWarpChannels;
-  const index_t pixel = idx / groups;
-  const index_t W = static_cast<index_t>(shape.w), H = static_cast<index_t>(shape.h);
-  const index_t ix = pixel % W;
-  const index_t y = (pixel / W) % H;
-  const index_t n = pixel / (W * H);
-  const flow_t* f = flow + n * fs.s0 + y * fs.s1 + ix * fs.s2;
-  const PixelTaps<acc_t> t = pixel_taps<acc_t>(y, ix, static_cast<acc_t>(f[0]), static_cast<acc_t>(f[fs.s3]),
-                                               shape.h, shape.w, ss.s2, ss.s3, /*align_corners=*/true,
-                                               kZeros, kBilinear);
-  const index_t cn = min(static_cast<index_t>(kWarpChannels), static_cast<index_t>(shape.c) - c0);
-  const scalar_t* in = state + n * ss.s0 + c0 * ss.s1;
-  scalar_t* o = out + n * os.s0 + c0 * os.s1 + y * os.s2 + ix * os.s3;
-  for (index_t c = 0; c < cn; ++c) {
-    acc_t v = t.nan_out ? static_cast<acc_t>(NAN) : acc_t(0);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if (t.valid[k]) v += t.weight[k] * static_cast<acc_t>(in[static_cast<index_t>(t.offset[k]) + c * ss.s1]);
-    }
-    o[c * os.s1] = static_cast<scalar_t>(v);
-  }
-}
-
-bool fits_int32(std::initializer_list<const at::Tensor*> tensors, int64_t threads) {
-  if (threads > kInt32Max - kThreads) return false;
-  for (const at::Tensor* t : tensors) {
-    int64_t max_offset = 0;
-    for (int64_t d = 0; d < t->dim(); ++d) max_offset += (t->size(d) - 1) * t->stride(d);
-    if (max_offset >= kInt32Max || t->numel() >= kInt32Max) return false;
-  }
-  return true;
-}
-
-void warp_into(at::Tensor& out, const at::Tensor& state, const at::Tensor& flow) {
-  const Shape shape{state.size(0), state.size(1), state.size(2), state.size(3)};
-  const int64_t groups = (shape.c + kWarpChannels - 1) / kWarpChannels;
-  const int64_t total = shape.n * shape.h * shape.w * groups;
-  if (total == 0) return;
-  const int64_t blocks = (total + kThreads - 1) / kThreads;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, state.scalar_type(), "vsr_fast::propagation_step", [&] {
-    auto launch = [&](auto index_zero, auto flow_zero) {
-      using index_t = decltype(index_zero);
-      using flow_t = decltype(flow_zero);
-      warp_into_kernel<scalar_t, flow_t, index_t><<<blocks, kThreads, 0, stream>>>(
-          state.const_data_ptr<scalar_t>(), flow.const_data_ptr<flow_t>(), out.mutable_data_ptr<scalar_t>(),
-          shape, strides_of<index_t>(state), strides_of<index_t>(out), strides_of<index_t>(flow),
-          static_cast<index_t>(groups), static_cast<index_t>(total));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    const bool small = fits_int32({&state, &flow, &out}, total);
-    with_flow_type<scalar_t>(state, flow, [&](auto flow_zero) {
-      small ? launch(int32_t{0}, flow_zero) : launch(int64_t{0}, flow_zero);
-    });
-  });
-}
-
 at::Tensor propagation_step_cuda(const at::Tensor& lr, const std::optional<at::Tensor>& feature,
                                  const std::optional<at::Tensor>& state, const std::optional<at::Tensor>& flow,
                                  at::TensorList weights, at::TensorList biases) {
@@ -628,7 +542,9 @@ at::Tensor propagation_step_cuda(const at::Tensor& lr, const std::optional<at::T
   } else if (!flow.has_value()) {
     slot.copy_(*state);
   } else {
-    warp_into(slot, *state, *flow);
+    // bilinear, zeros, align_corners=True: the propagation warp
+    flow_warp_cuda_into(*state, *flow, slot, /*interpolation=*/0, /*padding_mode=*/0,
+                        /*align_corners=*/true);
   }
   return in_format(run_trunk(op, input, weights, biases), format);
 }
