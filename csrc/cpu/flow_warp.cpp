@@ -579,18 +579,13 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(
   check_flow_warp_backward_args(grad_out, x_in, flow, interpolation, padding_mode);
   TORCH_CHECK(x_in.device().is_cpu(), "vsr_fast::_flow_warp_backward: CPU kernel called with x on ",
               x_in.device());
-  const bool need_x = output_mask[0], need_flow = output_mask[1];
-  // Scatter offsets are computed from x's strides, so the accumulator must share them: a dense x.
-  const at::Tensor x = x_in.is_non_overlapping_and_dense()
-                           ? x_in
-                           : x_in.contiguous(x_in.suggest_memory_format());
-  at::Tensor grad_x = need_x ? at::empty_like(x) : x.new_empty({0});
-  at::Tensor grad_flow = need_flow ? at::empty_like(flow) : flow.new_empty({0});
-  if (need_x) grad_x.zero_();  // scatter target
-  if (x.numel() == 0 || (!need_x && !need_flow)) {
-    if (need_flow) grad_flow.zero_();  // C == 0 still has a (zero) flow gradient
-    return {grad_x, grad_flow};
-  }
+  // named copies, not structured bindings: C++17 lambdas (torch < 2.10 builds) cannot capture those
+  const BackwardSetup setup = setup_flow_warp_backward(x_in, flow, output_mask[0], output_mask[1]);
+  const at::Tensor& x = setup.x;
+  const at::Tensor& grad_x = setup.grad_x;
+  const at::Tensor& grad_flow = setup.grad_flow;
+  const bool need_x = setup.need_x, need_flow = setup.need_flow;
+  if (!setup.work) return {grad_x, grad_flow};
 
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   // Enough (image, channel block) tasks for every thread, but blocks as large as that allows: each

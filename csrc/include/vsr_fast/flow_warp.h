@@ -195,6 +195,7 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE PixelTaps<acc_t> pixel_taps(
 
 // Host-only from here (nvcc's device pass parses it too, harmlessly).
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/empty_strided.h>
 #include <c10/util/Exception.h>
 
@@ -236,6 +237,28 @@ void with_flow_type(const at::Tensor& x, const at::Tensor& flow, Fn&& fn) {
     }
   }
   fn(scalar_t{});
+}
+
+// What both backends' backward start from: x made dense (scatter offsets come from x's strides, so
+// the grad_x accumulator must share them), the two outputs allocated (an unrequested one is an empty
+// [0] tensor, grad_x zeroed as the scatter target), and whether any work is left (C == 0 still has
+// a zero flow gradient).
+struct BackwardSetup {
+  at::Tensor x, grad_x, grad_flow;
+  bool need_x, need_flow, work;
+};
+
+inline BackwardSetup setup_flow_warp_backward(const at::Tensor& x_in, const at::Tensor& flow,
+                                              bool need_x, bool need_flow) {
+  BackwardSetup b;
+  b.x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous(x_in.suggest_memory_format());
+  b.need_x = need_x;
+  b.need_flow = need_flow;
+  b.grad_x = need_x ? at::empty_like(b.x).zero_() : b.x.new_empty({0});
+  b.grad_flow = need_flow ? at::empty_like(flow) : flow.new_empty({0});
+  b.work = b.x.numel() > 0 && (need_x || need_flow);
+  if (!b.work && need_flow) b.grad_flow.zero_();
+  return b;
 }
 
 // What grad_x is scattered into: grad_x itself, or for float16/bfloat16 a zeroed fp32 tensor with
