@@ -133,6 +133,7 @@ struct PixelTaps {
   // The factors the weights are made of, for kernels that expand them inline: weight[k] =
   // (dy ? frac_y : 1 - frac_y) * (dx ? frac_x : 1 - frac_x), and d position / d flow per axis.
   acc_t frac_x, frac_y, dpos_x, dpos_y;
+  int64_t row0;  // row of the top taps (nearest: of the tap); meaningful when a tap is valid
 
   C10_HOST_DEVICE bool all_valid() const {
     bool all = true;
@@ -164,6 +165,7 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE PixelTaps<acc_t> pixel_taps(
     t.valid[k] = false;
   }
   t.nan_out = !nearest && (px.nonfinite || py.nonfinite);
+  t.row0 = py.lo;
   if (!(px.usable && py.usable)) {
     return t;
   }
