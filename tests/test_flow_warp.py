@@ -338,3 +338,18 @@ def test_build_info_reports_the_build():
     assert isinstance(info["cuda"], bool)
     if info["cuda"]:
         assert info["cuda_version"] and info["cuda_archs"]
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 11, 13), (2, 24, 40, 64), (1, 9, 7, 8)], ids=str)
+def test_channel_blocks_with_edges_nan_flows_and_inf_pixels(device, shape):
+    """NCHW float32 with >= 8 channels takes the CPU's 8-channel band path: pixels near the edges,
+    NaN flows and inf pixels (where discarded reads of edge pixels would leak) must come out as the
+    reference's."""
+    x, flow = make_inputs(shape, device, torch.float32, scale=4.0, seed=7)
+    x[:, :, 0, 0] = math.inf  # what a throw-away read of the plane origin would pick up
+    x[:, 3, -1, -1] = -math.inf
+    flow[:, 2, 3] = math.nan
+    for modes in [("bilinear", "zeros", True), ("bilinear", "border", True), ("bilinear", "zeros", False)]:
+        out = vsr_fast.flow_warp(x, flow, *modes)
+        torch.testing.assert_close(out.double(), ref64(x, flow, *modes), equal_nan=True, rtol=0,
+                                   atol=TOLERANCE["float32"])
