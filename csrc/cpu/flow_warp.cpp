@@ -366,46 +366,86 @@ __attribute__((target("avx2,fma"))) inline void transpose8x8(__m256 (&r)[8]) {
 
 // One thread's buffers for warp_band_nchw8_avx2.
 struct BandScratch {
-  std::vector<float> pixels8;   // the band's tap rows x W pixels x 8 channels
+  std::vector<float> pixels8;   // the band's tap rows x W pixels x 8 channels, then a 0 and a NaN pixel
   std::vector<int32_t> offset;  // per band pixel: index of its top-left tap in pixels8
   std::vector<float> weight;    // per band pixel: its 4 bilinear weights
+  // Slow pixels (some tap outside the image, NaN positions, nearest): each tap on its own, taps
+  // outside the image reading the 0 pixel, so no inf/NaN pixel elsewhere leaks in.
+  struct Slow {
+    int32_t row, column;
+    int32_t offset[4];
+    float weight[4];
+  };
+  std::vector<Slow> slow;
 };
 
 // NCHW fp32 with unit stride along W: the output rows of a band for every full block of 8 channels.
 // A block's input rows (those the band's taps reach) are first transposed to 8-channel pixels, so a
 // tap becomes one contiguous 32-byte load instead of a gather lane, and each 8x8 block of results is
 // transposed back into 8 output rows (sweep of [64, 180, 320], N(0, 3^2) flows, one core: 3.4 ms
-// with pair gathers, 2.4 ms this way). Slow pixels get throw-away values the caller overwrites.
-// Returns the number of channels done: C rounded down to a multiple of 8, or 0 without fast pixels.
+// with pair gathers, 2.4 ms this way). Slow pixels are done 8 channels at a time too, tap by tap.
+// Returns the number of channels done: C rounded down to a multiple of 8.
 __attribute__((target("avx2,fma"))) int64_t warp_band_nchw8_avx2(
     const float* in, int64_t plane_stride, int64_t row_stride, float* out,
     int64_t out_plane_stride, int64_t out_row_stride, int64_t channels, int64_t width,
     const RowTaps<float>* rows, int64_t band_rows, BandScratch& s) {
+  // The rows the band's valid taps reach (fast pixels: row0 and row0 + 1; slow ones: per tap).
   int64_t first = std::numeric_limits<int64_t>::max(), last = -1;
+  auto reach = [&](int64_t row) {
+    first = std::min(first, row);
+    last = std::max(last, row);
+  };
   for (int64_t r = 0; r < band_rows; ++r) {
+    const RowTaps<float>& row = rows[r];
     for (int64_t ix = 0; ix < width; ++ix) {
-      if (rows[r].slow[ix] >= 0) continue;
-      first = std::min<int64_t>(first, rows[r].row0[ix]);
-      last = std::max<int64_t>(last, rows[r].row0[ix] + 1);
+      if (row.slow[ix] < 0) {
+        reach(row.row0[ix]);
+        reach(row.row0[ix] + 1);
+      }
+    }
+    for (const PixelTaps<float>& t : row.slow_taps) {
+      for (int k = 0; k < t.num_taps; ++k) {
+        if (t.valid[k]) reach(t.offset[k] / row_stride);
+      }
     }
   }
-  if (last < first) return 0;
+  if (last < first) first = last = 0;  // no valid tap at all: only the 0 / NaN pixels are read
   const int64_t tap_rows = last - first + 1;
-  s.pixels8.resize(tap_rows * width * 8);
+  const int64_t zero_pixel = tap_rows * width * 8, nan_pixel = zero_pixel + 8;
+  s.pixels8.resize(nan_pixel + 8);
+  std::fill(s.pixels8.begin() + zero_pixel, s.pixels8.begin() + nan_pixel, 0.f);
+  std::fill(s.pixels8.begin() + nan_pixel, s.pixels8.end(), std::numeric_limits<float>::quiet_NaN());
   s.offset.resize(band_rows * width);
   s.weight.resize(band_rows * width * 4);
+  s.slow.clear();
   for (int64_t r = 0; r < band_rows; ++r) {
     const RowTaps<float>& row = rows[r];
     for (int64_t ix = 0; ix < width; ++ix) {
       const int64_t i = r * width + ix;
       const bool fast = row.slow[ix] < 0;
       const int64_t x0 = row.base32[ix] - static_cast<int64_t>(row.row0[ix]) * row_stride;
+      // slow pixels: a harmless in-buffer read here, the exact value below
       s.offset[i] = fast ? static_cast<int32_t>(((row.row0[ix] - first) * width + x0) * 8) : 0;
       const float fx = row.frac_x[ix], fy = row.frac_y[ix];
-      s.weight[4 * i] = fast ? (1 - fy) * (1 - fx) : 0.f;
-      s.weight[4 * i + 1] = fast ? (1 - fy) * fx : 0.f;
-      s.weight[4 * i + 2] = fast ? fy * (1 - fx) : 0.f;
-      s.weight[4 * i + 3] = fast ? fy * fx : 0.f;
+      s.weight[4 * i] = (1 - fy) * (1 - fx);
+      s.weight[4 * i + 1] = (1 - fy) * fx;
+      s.weight[4 * i + 2] = fy * (1 - fx);
+      s.weight[4 * i + 3] = fy * fx;
+    }
+    for (size_t j = 0; j < row.slow_taps.size(); ++j) {
+      const PixelTaps<float>& t = row.slow_taps[j];
+      BandScratch::Slow e{static_cast<int32_t>(r), row.slow_pixels[j], {}, {}};
+      for (int k = 0; k < 4; ++k) {
+        const bool used = k < t.num_taps && t.valid[k];
+        const int64_t tap_row = t.offset[k] / row_stride, tap_col = t.offset[k] - tap_row * row_stride;
+        e.offset[k] = static_cast<int32_t>(used ? ((tap_row - first) * width + tap_col) * 8 : zero_pixel);
+        e.weight[k] = used ? t.weight[k] : 0.f;
+      }
+      if (t.nan_out) {
+        e.offset[0] = static_cast<int32_t>(nan_pixel);
+        e.weight[0] = 1.f;
+      }
+      s.slow.push_back(e);
     }
   }
   const int64_t w8 = width & ~int64_t{7}, below = width * 8;  // below: the next tap row, in floats
@@ -450,6 +490,16 @@ __attribute__((target("avx2,fma"))) int64_t warp_band_nchw8_avx2(
                                          pw[3] * p[below + 8 + k];
         }
       }
+    }
+    for (const BandScratch::Slow& e : s.slow) {
+      alignas(32) float v[8];
+      __m256 acc = _mm256_mul_ps(_mm256_set1_ps(e.weight[0]), _mm256_loadu_ps(buf + e.offset[0]));
+      for (int k = 1; k < 4; ++k) {
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(e.weight[k]), _mm256_loadu_ps(buf + e.offset[k]), acc);
+      }
+      _mm256_store_ps(v, acc);
+      float* o = out + c0 * out_plane_stride + e.row * out_row_stride + e.column;
+      for (int k = 0; k < 8; ++k) o[k * out_plane_stride] = v[k];
     }
   }
   return blocks_end;
@@ -586,11 +636,6 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tenso
         if (band_blocks) {
           blocked = warp_band_nchw8_avx2(in, xs[1], xs[2], o, os[1], os[2], C, W, rows.data(),
                                          band_rows, scratch);
-          for (int64_t c = 0; c < blocked; ++c) {
-            for (int64_t r = 0; r < band_rows; ++r) {
-              fix_slow_pixels(rows[r], in + c * xs[1], o + c * os[1] + r * os[2]);
-            }
-          }
         }
       }
 #endif
