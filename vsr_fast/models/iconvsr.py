@@ -6,13 +6,13 @@ fuse the refill feature with keyframe_fusion (no concat) and run the trunk. The 
 """
 from .. import reference
 from ..ops import flow_warp, keyframe_fusion, propagation_step, trunk_parameters
-from .basicvsr import pixel_flow
+from .basicvsr import FastTailMixin, pixel_flow
 from .spynet import SPyNet
 
 __all__ = ["IconVSR"]
 
 
-class IconVSR(reference.IconVSR):
+class IconVSR(FastTailMixin, reference.IconVSR):
     """Drop-in for mmagic's IconVSRNet (same constructor arguments and state-dict keys)."""
 
     spynet_class = SPyNet
