@@ -88,8 +88,8 @@ _TSA_CONVMODULE = r"feat_fusion|spatial_attn[1-4]|spatial_attn_l[1-3]|spatial_at
 _PCD_CONVMODULE = r"offset_conv[1-3]\.l[1-3]|feat_conv\.l[1-3]|cas_offset_conv[12]"
 
 _RULES = [
-    (rf"^(?P<d>backward|forward)_resblocks\.(?P<r>.+)$", "{d}_trunk.{r}",
-     rf"^(?P<d>backward|forward)_trunk\.(?P<r>.+)$", "{d}_resblocks.{r}"),
+    (r"^(?P<d>backward|forward)_resblocks\.(?P<r>.+)$", "{d}_trunk.{r}",
+     r"^(?P<d>backward|forward)_trunk\.(?P<r>.+)$", "{d}_resblocks.{r}"),
     (rf"^upsample(?P<i>[12])\.upsample_conv\.{_WB}$", "upconv{i}.{wb}",
      rf"^upconv(?P<i>[12])\.{_WB}$", "upsample{i}.upsample_conv.{wb}"),
     (rf"^{_P}basic_module\.(?P<L>\d+)\.basic_module\.(?P<j>\d+)\.conv\.{_WB}$",
