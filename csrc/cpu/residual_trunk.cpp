@@ -92,25 +92,10 @@ at::Tensor propagation_step_cpu(const at::Tensor& lr, const std::optional<at::Te
   const int64_t channels = check_propagation_step_args(lr, feature, state, flow, weights, biases);
   if (lr.size(0) == 0 || lr.size(2) == 0 || lr.size(3) == 0) return empty_output(lr, channels);
   c10::impl::ExcludeDispatchKeyGuard no_autograd(c10::autograd_dispatch_keyset);
-  const int64_t in_channels = weights[0].size(1);
-  at::Tensor input = at::empty({lr.size(0), in_channels, lr.size(2), lr.size(3)},
-                               lr.options().memory_format(at::MemoryFormat::ChannelsLast));
-  int64_t offset = 0;
-  input.narrow(1, offset, lr.size(1)).copy_(lr);
-  offset += lr.size(1);
-  if (feature.has_value()) {
-    input.narrow(1, offset, feature->size(1)).copy_(*feature);
-    offset += feature->size(1);
-  }
-  at::Tensor state_slice = input.narrow(1, offset, channels);
-  if (!state.has_value()) {
-    state_slice.zero_();
-  } else if (!flow.has_value()) {
-    state_slice.copy_(*state);
-  } else {
-    flow_warp_cpu_into(*state, *flow, state_slice, /*interpolation=*/0, /*padding_mode=*/0,
-                       /*align_corners=*/true);
-  }
+  const at::Tensor input = assemble_step_input(
+      lr, feature, state, flow, channels, [](const at::Tensor& s, const at::Tensor& f, const at::Tensor& out) {
+        flow_warp_cpu_into(s, f, out, /*interpolation=*/0, /*padding_mode=*/0, /*align_corners=*/true);
+      });
   return in_format_of(run_trunk(input, weights, biases), lr);
 }
 

@@ -530,22 +530,10 @@ at::Tensor propagation_step_cuda(const at::Tensor& lr, const std::optional<at::T
   if (n * channels * height * width == 0) {
     return at::empty({n, channels, height, width}, lr.options().memory_format(format));
   }
-  const int64_t c_lr = lr.size(1), c_feat = feature.has_value() ? feature->size(1) : 0;
-  // The trunk input cat[lr, feature, warp(state)] is assembled in place, channels_last.
-  at::Tensor input = at::empty({n, c_lr + c_feat + channels, height, width},
-                               lr.options().memory_format(at::MemoryFormat::ChannelsLast));
-  if (c_lr > 0) input.narrow(1, 0, c_lr).copy_(lr);
-  if (c_feat > 0) input.narrow(1, c_lr, c_feat).copy_(*feature);
-  at::Tensor slot = input.narrow(1, c_lr + c_feat, channels);
-  if (!state.has_value()) {
-    slot.zero_();
-  } else if (!flow.has_value()) {
-    slot.copy_(*state);
-  } else {
-    // bilinear, zeros, align_corners=True: the propagation warp
-    flow_warp_cuda_into(*state, *flow, slot, /*interpolation=*/0, /*padding_mode=*/0,
-                        /*align_corners=*/true);
-  }
+  const at::Tensor input = assemble_step_input(
+      lr, feature, state, flow, channels, [](const at::Tensor& s, const at::Tensor& f, const at::Tensor& out) {
+        flow_warp_cuda_into(s, f, out, /*interpolation=*/0, /*padding_mode=*/0, /*align_corners=*/true);
+      });
   return in_format(run_trunk(op, input, weights, biases), format);
 }
 

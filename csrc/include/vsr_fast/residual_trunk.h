@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
@@ -93,6 +94,31 @@ inline int64_t check_propagation_step_args(const at::Tensor& lr,
   }
   check_trunk_weights(op, weights, biases, in_channels, lr);
   return c;
+}
+
+// propagation_step's trunk input cat[lr, feature?, warp(state, flow)], written slice by slice into
+// one channels_last buffer (no separate concatenation). warp_into(state, flow, slice) is the
+// backend's flow_warp forward (bilinear, zeros, align_corners=True); state None is the zero state,
+// flow None copies the state unwarped.
+template <typename WarpInto>
+at::Tensor assemble_step_input(const at::Tensor& lr, const std::optional<at::Tensor>& feature,
+                               const std::optional<at::Tensor>& state,
+                               const std::optional<at::Tensor>& flow, int64_t channels,
+                               WarpInto&& warp_into) {
+  const int64_t c_lr = lr.size(1), c_feat = feature.has_value() ? feature->size(1) : 0;
+  at::Tensor input = at::empty({lr.size(0), c_lr + c_feat + channels, lr.size(2), lr.size(3)},
+                               lr.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (c_lr > 0) input.narrow(1, 0, c_lr).copy_(lr);
+  if (c_feat > 0) input.narrow(1, c_lr, c_feat).copy_(*feature);
+  at::Tensor slot = input.narrow(1, c_lr + c_feat, channels);
+  if (!state.has_value()) {
+    slot.zero_();
+  } else if (!flow.has_value()) {
+    slot.copy_(*state);
+  } else {
+    warp_into(*state, *flow, slot);
+  }
+  return input;
 }
 
 inline void check_keyframe_fusion_args(const at::Tensor& state, const at::Tensor& refill,
