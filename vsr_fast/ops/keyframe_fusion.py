@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
+from ._recompute import recompute_backward, setup_recompute
+
 __all__ = ["keyframe_fusion"]
 
 
@@ -24,18 +26,12 @@ def _fake(state, refill, weight, bias):
 
 
 def _setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    setup_recompute(ctx, inputs)
 
 
 def _backward(ctx, grad_out):
-    # by recomputation with plain ATen ops: one convolution, cheap, and correct by construction
-    inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
-    wanted = [t for t in inputs if t.requires_grad]
-    if not wanted:
-        return None, None, None, None
-    with torch.enable_grad():
-        grads = iter(torch.autograd.grad(fusion_eager(*inputs), wanted, grad_out))
-    return tuple(next(grads) if t.requires_grad else None for t in inputs)
+    # by recomputation: one convolution, cheap, and correct by construction
+    return recompute_backward(ctx, fusion_eager, grad_out)
 
 
 torch.library.register_autograd("vsr_fast::keyframe_fusion", _backward, setup_context=_setup)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
+from ._recompute import recompute_backward, setup_recompute
 from .flow_warp import flow_warp
 
 __all__ = ["residual_trunk", "propagation_step", "trunk_parameters"]
@@ -68,70 +69,22 @@ def _propagation_step_fake(lr, feature, state, flow, weights, biases):
     return _output_like(lr, weights[0].shape[0])
 
 
-def _detached(t, needed):
-    if t is None:
-        return None
-    d = t.detach()
-    d.requires_grad_(needed)
-    return d
+def step_eager(lr, feature, state, flow, weights, biases):
+    """propagation_step in plain ATen ops (flow_warp is the op, which has its own backward)."""
+    return trunk_eager(step_input_eager(lr, feature, state, flow, weights[0].shape[0]), weights, biases)
 
 
-def _trunk_setup(ctx, inputs, output):
-    x, weights, biases = inputs
-    ctx.save_for_backward(x, *weights, *biases)
-    ctx.blocks = len(weights)
+def _setup(ctx, inputs, output):
+    setup_recompute(ctx, inputs)
 
 
 def _trunk_backward(ctx, grad_out):
-    saved = ctx.saved_tensors
-    n = ctx.blocks
-    need_x = ctx.needs_input_grad[0]
-    need_w, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-    x = _detached(saved[0], need_x)
-    weights = [_detached(w, bool(need_w)) for w in saved[1:1 + n]]
-    biases = [_detached(b, bool(need_b)) for b in saved[1 + n:]]
-    wanted = ([x] if need_x else []) + (weights if need_w else []) + (biases if need_b else [])
-    if not wanted:
-        return None, None, None
-    with torch.enable_grad():
-        grads = list(torch.autograd.grad(trunk_eager(x, weights, biases), wanted, grad_out))
-    grad_x = grads.pop(0) if need_x else None
-    grad_w = [grads.pop(0) for _ in range(n)] if need_w else None
-    grad_b = [grads.pop(0) for _ in range(n)] if need_b else None
-    return grad_x, grad_w, grad_b
-
-
-def _step_setup(ctx, inputs, output):
-    lr, feature, state, flow, weights, biases = inputs
-    ctx.has = (feature is not None, state is not None, flow is not None)
-    tensors = [t for t in (lr, feature, state, flow) if t is not None]
-    ctx.save_for_backward(*tensors, *weights, *biases)
-    ctx.blocks = len(weights)
+    return recompute_backward(ctx, trunk_eager, grad_out)
 
 
 def _step_backward(ctx, grad_out):
-    saved = list(ctx.saved_tensors)
-    needs = ctx.needs_input_grad
-    lr = _detached(saved.pop(0), needs[0])
-    feature = _detached(saved.pop(0), needs[1]) if ctx.has[0] else None
-    state = _detached(saved.pop(0), needs[2]) if ctx.has[1] else None
-    flow = _detached(saved.pop(0), needs[3]) if ctx.has[2] else None
-    n = ctx.blocks
-    weights = [_detached(w, bool(needs[4])) for w in saved[:n]]
-    biases = [_detached(b, bool(needs[5])) for b in saved[n:]]
-    singles = [lr, feature, state, flow]
-    wanted = [t for t, need in zip(singles, needs[:4]) if need and t is not None]
-    wanted += (weights if needs[4] else []) + (biases if needs[5] else [])
-    if not wanted:
-        return (None,) * 6
-    with torch.enable_grad():
-        inp = step_input_eager(lr, feature, state, flow, weights[0].shape[0])
-        grads = list(torch.autograd.grad(trunk_eager(inp, weights, biases), wanted, grad_out))
-    out = [grads.pop(0) if (need and t is not None) else None for t, need in zip(singles, needs[:4])]
-    out.append([grads.pop(0) for _ in range(n)] if needs[4] else None)
-    out.append([grads.pop(0) for _ in range(n)] if needs[5] else None)
-    return tuple(out)
+    return recompute_backward(ctx, step_eager, grad_out)
 
 
-torch.library.register_autograd("vsr_fast::residual_trunk", _trunk_backward, setup_context=_trunk_setup)
-torch.library.register_autograd("vsr_fast::propagation_step", _step_backward, setup_context=_step_setup)
+torch.library.register_autograd("vsr_fast::residual_trunk", _trunk_backward, setup_context=_setup)
+torch.library.register_autograd("vsr_fast::propagation_step", _step_backward, setup_context=_setup)
