@@ -1,6 +1,5 @@
 """Shared test fixtures: devices, the tolerance table (DESIGN.md §6) and real-data locations."""
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -50,16 +49,9 @@ def assert_lowp_close(fast, reference_lowp, reference64, factor=TOLERANCE["lowp_
     assert fast_err <= factor * max(ref_err, ulp), (
         f"{fast.dtype}: error {fast_err:.3g} vs reference's own {ref_err:.3g} (allowed {factor}x)")
 
-# ---- reference models / checkpoints / real data (issue 3) ---------------------------------------
+# ---- reference models / checkpoints / real data ---------------------------------------------------
 
-
-def _shared_dir():
-    """shared/ (spec, key lists): beside the clone (../shared), else $VSR_FAST_SHARED."""
-    beside = Path(__file__).resolve().parents[1].parent / "shared"
-    env = os.environ.get("VSR_FAST_SHARED")
-    if env and not beside.is_dir():
-        return Path(env)
-    return beside
+KEYS_DIR = Path(__file__).resolve().parent / "data" / "keys"
 
 
 def _package_dir(name):
@@ -75,14 +67,12 @@ def _package_dir(name):
 
 @pytest.fixture(scope="session")
 def spec_keys():
-    """spec_keys('mmagic_BasicVSRNet_c64b30') -> [(key, shape tuple), ...] in file order."""
-    keys_dir = _shared_dir() / "spec" / "keys"
-    if not keys_dir.is_dir():
-        pytest.skip(f"spec key lists not found at {keys_dir} (set VSR_FAST_SHARED to the shared/ dir)")
+    """spec_keys('mmagic_BasicVSRNet_c64b30') -> [(key, shape tuple), ...] in file order, from the
+    official key lists the project keeps in tests/data/keys/."""
 
     def load(name):
         rows = []
-        for line in (keys_dir / f"{name}.tsv").read_text().splitlines():
+        for line in (KEYS_DIR / f"{name}.tsv").read_text().splitlines():
             if line.strip():
                 key, shape = line.split("\t")
                 rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
