@@ -1,5 +1,5 @@
 """Lane-level numpy emulation of the fused residual-block CUDA kernel
-(csrc/include/vsr_fast/residual_block_mma.cuh), for machines without a GPU.
+(csrc/cuda/residual_block_mma.cuh), for machines without a GPU.
 
 It replays the kernel's index maths one lane at a time: x-tile and weight loads into a byte-addressed
 shared-memory image (pre-filled with NaN, so reading a byte nobody wrote shows up), the XOR swizzle,

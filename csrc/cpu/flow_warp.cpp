@@ -28,7 +28,7 @@
 #include <tuple>
 #include <vector>
 
-#include "vsr_fast/cpu_kernels.h"
+#include "cpu_kernels.h"
 #include "vsr_fast/flow_warp.h"
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))

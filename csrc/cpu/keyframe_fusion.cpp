@@ -8,7 +8,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
-#include "vsr_fast/onednn_conv.h"
+#include "onednn_conv.h"
 #include "vsr_fast/residual_trunk.h"
 
 namespace vsr_fast {

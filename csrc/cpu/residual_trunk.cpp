@@ -21,8 +21,8 @@
 #include <optional>
 #include <vector>
 
-#include "vsr_fast/cpu_kernels.h"
-#include "vsr_fast/onednn_conv.h"
+#include "cpu_kernels.h"
+#include "onednn_conv.h"
 #include "vsr_fast/residual_trunk.h"
 
 namespace vsr_fast {

@@ -22,7 +22,7 @@
 #include <tuple>
 #include <type_traits>
 
-#include "vsr_fast/cuda_kernels.h"
+#include "cuda_kernels.h"
 #include "vsr_fast/flow_warp.h"
 
 namespace vsr_fast {

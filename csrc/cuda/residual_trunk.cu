@@ -4,7 +4,7 @@
 // (auto | library | fused, default auto):
 //   library: channels_last cuDNN convolutions (conv1 + bias + ReLU fused by cuDNN where it can),
 //            bias/activation/residual epilogues as one in-place elementwise pass; every dtype.
-//   fused:   one kernel per residual block (csrc/include/vsr_fast/residual_block_mma.cuh), C = 64,
+//   fused:   one kernel per residual block (csrc/cuda/residual_block_mma.cuh), C = 64,
 //            fp16/bf16, sm_80+.
 // auto takes the fused kernel only after it has passed a one-time self-check against the library
 // path on this device and dtype (DESIGN.md §3), and the library path otherwise.
@@ -45,8 +45,8 @@
 #include <vector>
 
 #include "vsr_fast/flow_warp.h"
-#include "vsr_fast/residual_block_mma.cuh"
-#include "vsr_fast/cuda_kernels.h"
+#include "residual_block_mma.cuh"
+#include "cuda_kernels.h"
 #include "vsr_fast/residual_trunk.h"
 
 namespace vsr_fast {

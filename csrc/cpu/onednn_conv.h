@@ -1,6 +1,6 @@
 // oneDNN convolutions (3x3, stride 1, padding 1) with fused epilogues for the CPU kernels, through
 // ATen's mkldnn pointwise-fusion ops, and the cache of weights reordered into oneDNN's layout.
-// Host-only, CPU-only; included by csrc/cpu/*.cpp.
+// Host-only, CPU-only: private to csrc/cpu/.
 #pragma once
 
 #include <ATen/Context.h>
