@@ -35,7 +35,8 @@ def flow_warp_cases():
 def residual_trunk_cases():
     """Both CUDA paths of residual_trunk / propagation_step on tiny inputs (partial tiles on both
     axes, two images), each checked against the float64 eager trunk."""
-    from vsr_fast.ops.residual_trunk import step_input_eager, trunk_eager
+    from vsr_fast.ops.propagation_step import step_input_eager
+    from vsr_fast.ops.residual_trunk import trunk_eager
 
     g = torch.Generator().manual_seed(1)
     c = 64

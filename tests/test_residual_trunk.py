@@ -5,7 +5,8 @@ import torch
 
 import vsr_fast
 from vsr_fast import reference
-from vsr_fast.ops.residual_trunk import step_input_eager, trunk_eager, trunk_parameters
+from vsr_fast.ops.propagation_step import step_input_eager
+from vsr_fast.ops.residual_trunk import trunk_eager, trunk_parameters
 
 from conftest import TOLERANCE, assert_lowp_close
 

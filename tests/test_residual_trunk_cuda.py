@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import vsr_fast
-from vsr_fast.ops.residual_trunk import step_input_eager, trunk_eager
+from vsr_fast.ops.propagation_step import step_input_eager
+from vsr_fast.ops.residual_trunk import trunk_eager
 
 from conftest import TOLERANCE, assert_lowp_close
 

@@ -10,4 +10,9 @@ namespace vsr_fast {
 void flow_warp_cpu_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out,
                         int64_t interpolation, int64_t padding_mode, bool align_corners);
 
+// residual_trunk's CPU body over an NHWC (channels_last dense) input whose arguments were already
+// checked, with autograd already excluded by the caller; returns an NHWC [N, C, H, W] tensor.
+at::Tensor residual_trunk_cpu_nhwc(const at::Tensor& input_nhwc, at::TensorList weights,
+                                   at::TensorList biases);
+
 }  // namespace vsr_fast

@@ -9,7 +9,7 @@
 #include <torch/library.h>
 
 #include "onednn_conv.h"
-#include "vsr_fast/residual_trunk.h"
+#include "vsr_fast/keyframe_fusion.h"
 
 namespace vsr_fast {
 namespace {

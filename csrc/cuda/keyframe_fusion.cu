@@ -10,7 +10,7 @@
 
 #include <vector>
 
-#include "vsr_fast/residual_trunk.h"
+#include "vsr_fast/keyframe_fusion.h"
 
 namespace vsr_fast {
 namespace {

@@ -1,4 +1,4 @@
-// CUDA kernels of vsr_fast::residual_trunk and vsr_fast::propagation_step.
+// CUDA kernels of vsr_fast::residual_trunk (and the trunk body propagation_step runs, cuda_kernels.h).
 //
 // Two implementations of the residual blocks behind one op, picked by VSR_FAST_TRUNK_IMPL
 // (auto | library | fused, default auto):
@@ -44,9 +44,8 @@
 #include <tuple>
 #include <vector>
 
-#include "vsr_fast/flow_warp.h"
-#include "residual_block_mma.cuh"
 #include "cuda_kernels.h"
+#include "residual_block_mma.cuh"
 #include "vsr_fast/residual_trunk.h"
 
 namespace vsr_fast {
@@ -466,11 +465,32 @@ FusedSelfCheck& fused_self_check() {
   return check;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Trunk
+// The op's output: `h` (channels_last dense) in the memory format the fake kernel promises.
+at::Tensor in_format(const at::Tensor& h, at::MemoryFormat format) {
+  if (format == at::MemoryFormat::ChannelsLast) return h;
+  return h.contiguous(format);
+}
 
-// The trunk on a channels_last input; returns a channels_last dense tensor.
-at::Tensor run_trunk(const char* op, const at::Tensor& x_cl, at::TensorList weights, at::TensorList biases) {
+at::Tensor residual_trunk_cuda(const at::Tensor& x, at::TensorList weights, at::TensorList biases) {
+  const char* op = "vsr_fast::residual_trunk";
+  check_residual_trunk_args(x, weights, biases);
+  TORCH_CHECK(x.is_cuda(), op, ": CUDA kernel called with x on ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::MemoryFormat format = x.suggest_memory_format();
+  const int64_t channels = weights[0].size(0);
+  if (x.size(0) * channels * x.size(2) * x.size(3) == 0) {
+    return at::empty({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(format));
+  }
+  return in_format(residual_trunk_cuda_channels_last(op, x.contiguous(at::MemoryFormat::ChannelsLast), weights, biases),
+                   format);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The trunk body, shared with propagation_step (cuda_kernels.h)
+
+at::Tensor residual_trunk_cuda_channels_last(const char* op, const at::Tensor& x_cl, at::TensorList weights, at::TensorList biases) {
   const ConvSettings cs = conv_settings(x_cl);
   at::Tensor h = input_conv(x_cl, weights[0], biases[0], cs);
   const int64_t blocks = static_cast<int64_t>(weights.size() / 2);
@@ -496,51 +516,6 @@ at::Tensor run_trunk(const char* op, const at::Tensor& x_cl, at::TensorList weig
   return h;
 }
 
-// The op's output: `h` (channels_last dense) in the memory format the fake kernel promises.
-at::Tensor in_format(const at::Tensor& h, at::MemoryFormat format) {
-  if (format == at::MemoryFormat::ChannelsLast) return h;
-  return h.contiguous(format);
-}
-
-at::Tensor residual_trunk_cuda(const at::Tensor& x, at::TensorList weights, at::TensorList biases) {
-  const char* op = "vsr_fast::residual_trunk";
-  check_residual_trunk_args(x, weights, biases);
-  TORCH_CHECK(x.is_cuda(), op, ": CUDA kernel called with x on ", x.device());
-  const c10::cuda::CUDAGuard guard(x.device());
-  const at::MemoryFormat format = x.suggest_memory_format();
-  const int64_t channels = weights[0].size(0);
-  if (x.size(0) * channels * x.size(2) * x.size(3) == 0) {
-    return at::empty({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(format));
-  }
-  return in_format(run_trunk(op, x.contiguous(at::MemoryFormat::ChannelsLast), weights, biases), format);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Propagation step: the warped state goes straight into its channel slice of the trunk input
-
-at::Tensor propagation_step_cuda(const at::Tensor& lr, const std::optional<at::Tensor>& feature,
-                                 const std::optional<at::Tensor>& state, const std::optional<at::Tensor>& flow,
-                                 at::TensorList weights, at::TensorList biases) {
-  const char* op = "vsr_fast::propagation_step";
-  const int64_t channels = check_propagation_step_args(lr, feature, state, flow, weights, biases);
-  TORCH_CHECK(lr.is_cuda(), op, ": CUDA kernel called with lr on ", lr.device());
-  const c10::cuda::CUDAGuard guard(lr.device());
-  const at::MemoryFormat format = lr.suggest_memory_format();
-  const int64_t n = lr.size(0), height = lr.size(2), width = lr.size(3);
-  if (n * channels * height * width == 0) {
-    return at::empty({n, channels, height, width}, lr.options().memory_format(format));
-  }
-  const at::Tensor input = assemble_step_input(
-      lr, feature, state, flow, channels, [](const at::Tensor& s, const at::Tensor& f, const at::Tensor& out) {
-        flow_warp_cuda_into(s, f, out, /*interpolation=*/0, /*padding_mode=*/0, /*align_corners=*/true);
-      });
-  return in_format(run_trunk(op, input, weights, biases), format);
-}
-
-}  // namespace
 }  // namespace vsr_fast
 
-TORCH_LIBRARY_IMPL(vsr_fast, CUDA, m) {
-  m.impl("residual_trunk", &vsr_fast::residual_trunk_cuda);
-  m.impl("propagation_step", &vsr_fast::propagation_step_cuda);
-}
+TORCH_LIBRARY_IMPL(vsr_fast, CUDA, m) { m.impl("residual_trunk", &vsr_fast::residual_trunk_cuda); }

@@ -1,17 +1,16 @@
-"""vsr_fast::residual_trunk and vsr_fast::propagation_step: BasicVSR's propagation trunk as one op.
+"""vsr_fast::residual_trunk: BasicVSR's propagation trunk as one op.
 
-Backward is by recomputation: only the op's inputs are saved, and the backward pass re-runs the step
+Backward is by recomputation: only the op's inputs are saved, and the backward pass re-runs the trunk
 with plain ATen operators under autograd (correct by construction, and the activations of only one
-step are alive at a time during training).
+trunk are alive at a time during training).
 """
 import torch
 import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
 from ._recompute import recompute_backward, setup_recompute
-from .flow_warp import flow_warp
 
-__all__ = ["residual_trunk", "propagation_step", "trunk_parameters"]
+__all__ = ["residual_trunk", "trunk_parameters"]
 
 
 def trunk_parameters(trunk):
@@ -30,12 +29,6 @@ def residual_trunk(x, weights, biases):
     return torch.ops.vsr_fast.residual_trunk(x, list(weights), list(biases))
 
 
-def propagation_step(lr, feature, state, flow, weights, biases):
-    """trunk(cat[lr, feature, flow_warp(state, flow)]) in one op. feature may be None (BasicVSR);
-    state None means a zero state (first frame); flow None means no warp."""
-    return torch.ops.vsr_fast.propagation_step(lr, feature, state, flow, list(weights), list(biases))
-
-
 def trunk_eager(x, weights, biases):
     """The trunk in plain ATen ops: the backward's recomputation and the kernels' check."""
     h = F.leaky_relu(F.conv2d(x, weights[0], biases[0], padding=1), 0.1)
@@ -45,33 +38,14 @@ def trunk_eager(x, weights, biases):
     return h
 
 
-def step_input_eager(lr, feature, state, flow, channels):
-    if state is None:
-        state = lr.new_zeros(lr.shape[0], channels, lr.shape[2], lr.shape[3])
-    elif flow is not None:
-        state = flow_warp(state, flow)
-    parts = [lr] + ([feature] if feature is not None else []) + [state]
-    return torch.cat(parts, dim=1)
-
-
-def _output_like(x, channels):
+def output_like(x, channels):
     return torch.empty((x.shape[0], channels, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
                        memory_format=suggest_memory_format(x))
 
 
 @torch.library.register_fake("vsr_fast::residual_trunk")
 def _residual_trunk_fake(x, weights, biases):
-    return _output_like(x, weights[0].shape[0])
-
-
-@torch.library.register_fake("vsr_fast::propagation_step")
-def _propagation_step_fake(lr, feature, state, flow, weights, biases):
-    return _output_like(lr, weights[0].shape[0])
-
-
-def step_eager(lr, feature, state, flow, weights, biases):
-    """propagation_step in plain ATen ops (flow_warp is the op, which has its own backward)."""
-    return trunk_eager(step_input_eager(lr, feature, state, flow, weights[0].shape[0]), weights, biases)
+    return output_like(x, weights[0].shape[0])
 
 
 def _setup(ctx, inputs, output):
@@ -82,9 +56,4 @@ def _trunk_backward(ctx, grad_out):
     return recompute_backward(ctx, trunk_eager, grad_out)
 
 
-def _step_backward(ctx, grad_out):
-    return recompute_backward(ctx, step_eager, grad_out)
-
-
 torch.library.register_autograd("vsr_fast::residual_trunk", _trunk_backward, setup_context=_setup)
-torch.library.register_autograd("vsr_fast::propagation_step", _step_backward, setup_context=_setup)
