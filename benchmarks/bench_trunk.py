@@ -12,7 +12,7 @@ import torch
 
 import vsr_fast
 from vsr_fast import reference
-from vsr_fast.ops.residual_trunk import trunk_eager, trunk_parameters
+from vsr_fast.ops import trunk_parameters
 
 SHAPES = {"train64x112": (1, 67, 64, 112), "lr720p": (1, 67, 180, 320), "batch4": (4, 67, 64, 64)}
 _compiled = {}
@@ -40,8 +40,8 @@ def reference_step(trunk, lr, state, flow):
 @pytest.mark.parametrize("impl", ["vsr_fast", "reference", "reference_compiled"])
 def test_trunk(run_case, shape, impl):
     _, weights, biases, x = setup_case(SHAPES[shape])
-    fn = {"vsr_fast": vsr_fast.residual_trunk, "reference": trunk_eager,
-          "reference_compiled": compiled(trunk_eager)}[impl]
+    fn = {"vsr_fast": vsr_fast.residual_trunk, "reference": reference.residual_trunk,
+          "reference_compiled": compiled(reference.residual_trunk)}[impl]
 
     def case():
         with torch.no_grad():

@@ -1,5 +1,5 @@
 """residual_trunk on CUDA: vsr_fast (auto, library and fused paths) vs the reference eager trunk
-(vsr_fast.ops.residual_trunk.trunk_eager, what the official code runs) and torch.compile of it.
+(vsr_fast.reference.residual_trunk, what the official code runs) and torch.compile of it.
 
 Trunk: 67 -> 64 channels, 30 residual blocks (BasicVSR's propagation trunk), fp32 / fp16 / bf16,
 contiguous NCHW inputs as the models feed them, on a 64x112 crop, 720p/4 and a batch of four 64x64
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import vsr_fast
-from vsr_fast.ops.residual_trunk import trunk_eager
+from vsr_fast import reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
@@ -52,11 +52,11 @@ def function(impl, key):
     if impl in _ENV:
         return vsr_fast.residual_trunk
     if impl == "reference":
-        return trunk_eager
+        return reference.residual_trunk
     if os.environ.get("VSR_FAST_BENCH_COMPILE", "1") == "0":
         pytest.skip("VSR_FAST_BENCH_COMPILE=0")
     if key not in _compiled:
-        _compiled[key] = torch.compile(trunk_eager, dynamic=True)
+        _compiled[key] = torch.compile(reference.residual_trunk, dynamic=True)
     return _compiled[key]
 
 

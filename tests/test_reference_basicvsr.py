@@ -5,7 +5,9 @@ import warnings
 import pytest
 import torch
 
-from vsr_fast.reference import BasicVSR, PixelShufflePack, ResidualBlockNoBN, ResidualBlocksWithInputConv
+from vsr_fast.ops import trunk_parameters
+from vsr_fast.reference import (BasicVSR, PixelShufflePack, ResidualBlockNoBN, ResidualBlocksWithInputConv,
+                                propagation_step, residual_trunk)
 
 
 def _state_shapes(model):
@@ -142,3 +144,24 @@ def test_step_helpers_rebuild_the_forward_pass():
         f1 = model.forward_step(lrs[:, 1], f0, ff[:, 0])
         out1 = model.reconstruct(model.fuse(b1, f1), lrs[:, 1])
         torch.testing.assert_close(model(lrs)[:, 1], out1, rtol=0, atol=0)
+
+
+def test_functional_trunk_and_step_are_the_model_s():
+    """reference.residual_trunk / propagation_step, the ops' spec, compute exactly what the model's
+    trunk module and step methods compute."""
+    model = _small().double()
+    g = torch.Generator().manual_seed(3)
+    lr = torch.rand(2, 3, 24, 28, generator=g, dtype=torch.float64)
+    state = torch.rand(2, 16, 24, 28, generator=g, dtype=torch.float64) * 2 - 1
+    flow = torch.randn(2, 2, 24, 28, generator=g, dtype=torch.float64) * 3
+    zero = torch.zeros_like(state)
+    for trunk, step in ((model.backward_resblocks, model.backward_step),
+                        (model.forward_resblocks, model.forward_step)):
+        weights, biases = trunk_parameters(trunk)
+        with torch.no_grad():
+            x = torch.cat([lr, state], 1)
+            assert torch.equal(residual_trunk(x, weights, biases), trunk(x))
+            assert torch.equal(propagation_step(lr, None, state, flow.permute(0, 2, 3, 1), weights, biases),
+                               step(lr, state, flow))
+            assert torch.equal(propagation_step(lr, None, state, None, weights, biases), step(lr, state))
+            assert torch.equal(propagation_step(lr, None, None, None, weights, biases), step(lr, zero))

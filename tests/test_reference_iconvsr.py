@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vsr_fast.reference import EDVRFeatureExtractor, IconVSR, TSAFusion
+from vsr_fast.ops import trunk_parameters
+from vsr_fast.reference import EDVRFeatureExtractor, IconVSR, TSAFusion, keyframe_fusion, propagation_step
 
 
 def _count(m):
@@ -153,3 +154,28 @@ def test_tsa_average_pool_counts_padding():
     tsa = TSAFusion(mid_channels=4, num_frames=3, center_frame_idx=1)
     assert tsa.avg_pool.count_include_pad is True
     assert (tsa.max_pool.kernel_size, tsa.max_pool.stride, tsa.max_pool.padding) == (3, 2, 1)
+
+
+def test_functional_step_and_fusion_are_the_model_s():
+    """reference.propagation_step with IconVSR's backward feature, and reference.keyframe_fusion, the
+    ops' spec, compute exactly what IconVSR's step methods compute."""
+    model = _small().double()
+    g = torch.Generator().manual_seed(4)
+    lr = torch.rand(1, 3, 20, 24, generator=g, dtype=torch.float64)
+    feat_backward, state, refill = (torch.rand(1, 8, 20, 24, generator=g, dtype=torch.float64) for _ in range(3))
+    flow = torch.randn(1, 2, 20, 24, generator=g, dtype=torch.float64) * 2
+    pixel_flow = flow.permute(0, 2, 3, 1)
+    with torch.no_grad():
+        forward = trunk_parameters(model.forward_resblocks)
+        assert torch.equal(propagation_step(lr, feat_backward, state, pixel_flow, *forward),
+                           model.forward_step(lr, feat_backward, state, flow))
+        backward = trunk_parameters(model.backward_resblocks)
+        assert torch.equal(propagation_step(lr, None, state, pixel_flow, *backward),
+                           model.backward_step(lr, state, flow))
+        for fusion in (model.backward_fusion, model.forward_fusion):
+            assert torch.equal(keyframe_fusion(state, refill, fusion.weight, fusion.bias),
+                               fusion(torch.cat([state, refill], 1)))
+        fused = keyframe_fusion(model.warp(state, flow), refill, model.backward_fusion.weight,
+                                model.backward_fusion.bias)
+        assert torch.equal(propagation_step(lr, None, fused, None, *backward),
+                           model.backward_step(lr, state, flow, refill))

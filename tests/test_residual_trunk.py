@@ -5,8 +5,7 @@ import torch
 
 import vsr_fast
 from vsr_fast import reference
-from vsr_fast.ops.propagation_step import step_input_eager
-from vsr_fast.ops.residual_trunk import trunk_eager, trunk_parameters
+from vsr_fast.ops import trunk_parameters
 
 from conftest import TOLERANCE, assert_lowp_close
 
@@ -36,7 +35,7 @@ def test_trunk_float32_matches_float64_reference(shape, channels_last):
     weights, biases = make_trunk(shape[1], 64 if shape[1] == 67 else 8, blocks=3)
     x = image(shape, channels_last=channels_last)
     out = vsr_fast.residual_trunk(x, weights, biases)
-    expected = trunk_eager(x.double(), as64(weights), as64(biases))
+    expected = reference.residual_trunk(x.double(), as64(weights), as64(biases))
     torch.testing.assert_close(out.double(), expected, atol=TOLERANCE["float32_chain"], rtol=0)
     # the output keeps the input's memory format
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -55,7 +54,7 @@ def test_trunk_thirty_blocks_matches_the_reference_module():
 def test_trunk_float64_is_exact():
     weights, biases = make_trunk(5, 6, blocks=2, dtype=torch.float64)
     x = image((2, 5, 7, 9), torch.float64)
-    torch.testing.assert_close(vsr_fast.residual_trunk(x, weights, biases), trunk_eager(x, weights, biases),
+    torch.testing.assert_close(vsr_fast.residual_trunk(x, weights, biases), reference.residual_trunk(x, weights, biases),
                                atol=TOLERANCE["float64"], rtol=0)
 
 
@@ -65,7 +64,7 @@ def test_trunk_bfloat16_within_twice_the_reference_error():
     bf = [w.bfloat16() for w in weights], [b.bfloat16() for b in biases]
     out = vsr_fast.residual_trunk(x.bfloat16(), *bf)
     assert out.dtype == torch.bfloat16
-    assert_lowp_close(out, trunk_eager(x.bfloat16(), *bf), trunk_eager(x.double(), as64(bf[0]), as64(bf[1])))
+    assert_lowp_close(out, reference.residual_trunk(x.bfloat16(), *bf), reference.residual_trunk(x.double(), as64(bf[0]), as64(bf[1])))
 
 
 def test_weights_as_non_contiguous_views():
@@ -87,14 +86,14 @@ def test_weights_updated_in_place_are_seen():
     with torch.no_grad():
         weights[1].mul_(-2.0)
     after = vsr_fast.residual_trunk(x, weights, biases)
-    torch.testing.assert_close(after.double(), trunk_eager(x.double(), as64(weights), as64(biases)),
+    torch.testing.assert_close(after.double(), reference.residual_trunk(x.double(), as64(weights), as64(biases)),
                                atol=TOLERANCE["float32_chain"], rtol=0)
     assert not torch.allclose(before, after)
     # a new tensor at a possibly recycled address, with the same version number, is not confused
     del weights[1]
     weights.insert(1, torch.randn(8, 8, 3, 3) * 0.2)
     torch.testing.assert_close(vsr_fast.residual_trunk(x, weights, biases).double(),
-                               trunk_eager(x.double(), as64(weights), as64(biases)),
+                               reference.residual_trunk(x.double(), as64(weights), as64(biases)),
                                atol=TOLERANCE["float32_chain"], rtol=0)
 
 
@@ -110,8 +109,8 @@ def test_propagation_step_matches_the_reference_step(with_feature, state_kind):
     weights, biases = make_trunk(3 + c + (c if with_feature else 0), c, blocks=2)
     out = vsr_fast.propagation_step(lr, feature, state, flow, weights, biases)
     d = lambda t: None if t is None else t.double()  # noqa: E731
-    expected = trunk_eager(step_input_eager(lr.double(), d(feature), d(state), d(flow), c), as64(weights),
-                           as64(biases))
+    expected = reference.propagation_step(lr.double(), d(feature), d(state), d(flow), as64(weights),
+                                          as64(biases))
     torch.testing.assert_close(out.double(), expected, atol=TOLERANCE["float32_chain"], rtol=0)
 
 

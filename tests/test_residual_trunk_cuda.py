@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import vsr_fast
-from vsr_fast.ops.propagation_step import step_input_eager
-from vsr_fast.ops.residual_trunk import trunk_eager
+from vsr_fast import reference
 
 from conftest import TOLERANCE, assert_lowp_close
 
@@ -76,7 +75,7 @@ SHAPES = [(2, 67, 17, 29), (1, 64, 8, 16), (1, 64, 9, 17), (1, 3, 1, 1)]
 def test_cuda_float32_matches_float64_reference(impl, shape, channels_last, blocks):
     weights, biases = make_trunk(shape[1], 64, blocks)
     x = image(shape)
-    expected = trunk_eager(x, weights, biases)
+    expected = reference.residual_trunk(x, weights, biases)
     xc = x.to("cuda", torch.float32)
     if channels_last:
         xc = xc.contiguous(memory_format=torch.channels_last)
@@ -95,14 +94,14 @@ def test_cuda_float32_matches_float64_reference(impl, shape, channels_last, bloc
 def test_cuda_half_precision_within_twice_the_reference_error(impl, dtype, shape, channels_last):
     weights, biases = make_trunk(shape[1], 64, blocks=3)
     x = image(shape)
-    expected = trunk_eager(x, weights, biases)
+    expected = reference.residual_trunk(x, weights, biases)
     xl = x.to("cuda", dtype)
     if channels_last:
         xl = xl.contiguous(memory_format=torch.channels_last)
     wl, bl = to(weights, dtype), to(biases, dtype)
     out = vsr_fast.residual_trunk(xl, wl, bl)
     assert_layout_like_fake(out, xl)
-    reference_lowp = trunk_eager(xl, wl, bl)
+    reference_lowp = reference.residual_trunk(xl, wl, bl)
     assert_lowp_close(out.cpu(), reference_lowp.cpu(), expected)
 
 
@@ -111,7 +110,7 @@ def test_cuda_float64_library_path(monkeypatch):
     weights, biases = make_trunk(5, 6, blocks=2)
     x = image((2, 5, 7, 9))
     out = vsr_fast.residual_trunk(x.cuda(), to(weights, torch.float64), to(biases, torch.float64))
-    torch.testing.assert_close(out.cpu(), trunk_eager(x, weights, biases), atol=TOLERANCE["float64"], rtol=0)
+    torch.testing.assert_close(out.cpu(), reference.residual_trunk(x, weights, biases), atol=TOLERANCE["float64"], rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
@@ -160,7 +159,7 @@ def test_cuda_propagation_step_matches_the_reference_step(impl, dtype, with_feat
     state = torch.rand(n, c, h, w, generator=g, dtype=torch.float64) if state_kind != "none" else None
     flow = torch.randn(n, h, w, 2, generator=g, dtype=torch.float64) * 2 if state_kind == "warped" else None
     weights, biases = make_trunk(3 + c + (c if with_feature else 0), c, blocks=2)
-    expected = trunk_eager(step_input_eager(lr, feature, state, flow, c), weights, biases)
+    expected = reference.propagation_step(lr, feature, state, flow, weights, biases)
 
     flow_dtype = torch.float32 if dtype in LOWP else dtype
     dev = lambda t, dt=dtype: None if t is None else t.to("cuda", dt)  # noqa: E731
@@ -170,7 +169,7 @@ def test_cuda_propagation_step_matches_the_reference_step(impl, dtype, with_feat
     if dtype == torch.float32:
         torch.testing.assert_close(out.double().cpu(), expected, atol=TOLERANCE["float32_chain"], rtol=0)
     else:
-        reference_lowp = trunk_eager(step_input_eager(*args[:4], c), args[4], args[5])
+        reference_lowp = reference.propagation_step(*args)
         assert_lowp_close(out.cpu(), reference_lowp.cpu(), expected)
 
 
@@ -199,14 +198,14 @@ def test_cuda_fused_block_matches_the_library_path_on_720p_quarter(monkeypatch):
         pytest.skip("the fused residual-block kernel needs compute capability >= 8.0")
     weights, biases = make_trunk(64, 64, blocks=1, seed=5)
     x64 = image((1, 64, 180, 320), seed=6).cuda()
-    expected = trunk_eager(x64, to(weights, torch.float64), to(biases, torch.float64))
+    expected = reference.residual_trunk(x64, to(weights, torch.float64), to(biases, torch.float64))
     xl, wl, bl = x64.half(), to(weights, torch.float16), to(biases, torch.float16)
     monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "fused")
     fused = vsr_fast.residual_trunk(xl, wl, bl)
     monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "library")
     library = vsr_fast.residual_trunk(xl, wl, bl)
-    assert_lowp_close(fused, trunk_eager(xl, wl, bl), expected)
-    assert_lowp_close(library, trunk_eager(xl, wl, bl), expected)
+    assert_lowp_close(fused, reference.residual_trunk(xl, wl, bl), expected)
+    assert_lowp_close(library, reference.residual_trunk(xl, wl, bl), expected)
     scale = expected.abs().max().item()
     assert (fused.double() - library.double()).abs().max().item() <= 8 * 2 ** -10 * scale
 
@@ -343,7 +342,7 @@ def test_cuda_gradients_by_recomputation_match_the_reference(monkeypatch):
     for w in ws[0] + ws[1]:
         w.requires_grad_()
     vsr_fast.residual_trunk(xs[0], ws[0], [b.cuda().float() for b in biases]).square().sum().backward()
-    trunk_eager(xs[1], ws[1], biases).square().sum().backward()
+    reference.residual_trunk(xs[1], ws[1], biases).square().sum().backward()
     torch.testing.assert_close(xs[0].grad.double().cpu(), xs[1].grad, atol=1e-4, rtol=1e-4)
     for a, b in zip(ws[0], ws[1]):
         torch.testing.assert_close(a.grad.double().cpu(), b.grad, atol=1e-4, rtol=1e-4)

@@ -1,8 +1,8 @@
 """vsr_fast::keyframe_fusion: IconVSR's keyframe refill fusion without the concatenation."""
 import torch
-import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
+from .. import reference
 from ._recompute import recompute_backward, setup_recompute
 
 __all__ = ["keyframe_fusion"]
@@ -12,10 +12,6 @@ def keyframe_fusion(state, refill, weight, bias):
     """conv3x3(cat[state, refill], weight) + bias, no activation (IconVSR's backward_fusion /
     forward_fusion: propagated state first, refill feature second)."""
     return torch.ops.vsr_fast.keyframe_fusion(state, refill, weight, bias)
-
-
-def fusion_eager(state, refill, weight, bias):
-    return F.conv2d(torch.cat([state, refill], 1), weight, bias, padding=1)
 
 
 @torch.library.register_fake("vsr_fast::keyframe_fusion")
@@ -30,8 +26,8 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out):
-    # by recomputation: one convolution, cheap, and correct by construction
-    return recompute_backward(ctx, fusion_eager, grad_out)
+    # by recomputation of the reference fusion: one convolution, cheap
+    return recompute_backward(ctx, reference.keyframe_fusion, grad_out)
 
 
 torch.library.register_autograd("vsr_fast::keyframe_fusion", _backward, setup_context=_setup)

@@ -1,14 +1,20 @@
 """vsr_fast::propagation_step: one recurrent step of BasicVSR / IconVSR (warp, concat, trunk) as one op.
 
-Backward is by recomputation, as for residual_trunk: only the op's inputs are saved, and the backward
-pass re-runs the step with plain ATen operators (and flow_warp, which has its own backward) under
-autograd.
+Backward is by recomputation, as for residual_trunk: the backward pass differentiates the reference
+step (`vsr_fast.reference.propagation_step`) re-run under autograd, with vsr_fast's own flow_warp as
+its warp. That is the warp this op's forward fuses (for float16/bfloat16 it samples at float32
+positions, where the reference's grid_sample gets a grid rounded to the storage dtype), so the
+gradient is the one of the function the forward computed. The warp is a small part of the step's
+cost either way (docs/design.md, "Backward by recomputation").
 """
+import functools
+
 import torch
 
+from .. import reference
 from ._recompute import recompute_backward, setup_recompute
 from .flow_warp import flow_warp
-from .residual_trunk import output_like, trunk_eager
+from .residual_trunk import output_like
 
 __all__ = ["propagation_step"]
 
@@ -19,23 +25,12 @@ def propagation_step(lr, feature, state, flow, weights, biases):
     return torch.ops.vsr_fast.propagation_step(lr, feature, state, flow, list(weights), list(biases))
 
 
-def step_input_eager(lr, feature, state, flow, channels):
-    if state is None:
-        state = lr.new_zeros(lr.shape[0], channels, lr.shape[2], lr.shape[3])
-    elif flow is not None:
-        state = flow_warp(state, flow)
-    parts = [lr] + ([feature] if feature is not None else []) + [state]
-    return torch.cat(parts, dim=1)
-
-
 @torch.library.register_fake("vsr_fast::propagation_step")
 def _propagation_step_fake(lr, feature, state, flow, weights, biases):
     return output_like(lr, weights[0].shape[0])
 
 
-def step_eager(lr, feature, state, flow, weights, biases):
-    """propagation_step in plain ATen ops (flow_warp is the op, which has its own backward)."""
-    return trunk_eager(step_input_eager(lr, feature, state, flow, weights[0].shape[0]), weights, biases)
+_step_with_fast_warp = functools.partial(reference.propagation_step, warp=flow_warp)
 
 
 def _setup(ctx, inputs, output):
@@ -43,7 +38,7 @@ def _setup(ctx, inputs, output):
 
 
 def _step_backward(ctx, grad_out):
-    return recompute_backward(ctx, step_eager, grad_out)
+    return recompute_backward(ctx, _step_with_fast_warp, grad_out)
 
 
 torch.library.register_autograd("vsr_fast::propagation_step", _step_backward, setup_context=_setup)

@@ -1,13 +1,13 @@
 """vsr_fast::residual_trunk: BasicVSR's propagation trunk as one op.
 
-Backward is by recomputation: only the op's inputs are saved, and the backward pass re-runs the trunk
-with plain ATen operators under autograd (correct by construction, and the activations of only one
-trunk are alive at a time during training).
+Backward is by recomputation: only the op's inputs are saved, and the backward pass differentiates
+the reference trunk (`vsr_fast.reference.residual_trunk`, plain ATen operators) re-run under autograd,
+so only one trunk's activations are alive at a time during training.
 """
 import torch
-import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
+from .. import reference
 from ._recompute import recompute_backward, setup_recompute
 
 __all__ = ["residual_trunk", "trunk_parameters"]
@@ -29,15 +29,6 @@ def residual_trunk(x, weights, biases):
     return torch.ops.vsr_fast.residual_trunk(x, list(weights), list(biases))
 
 
-def trunk_eager(x, weights, biases):
-    """The trunk in plain ATen ops: the backward's recomputation and the kernels' check."""
-    h = F.leaky_relu(F.conv2d(x, weights[0], biases[0], padding=1), 0.1)
-    for k in range(1, len(weights), 2):
-        t = F.relu(F.conv2d(h, weights[k], biases[k], padding=1))
-        h = h + F.conv2d(t, weights[k + 1], biases[k + 1], padding=1)
-    return h
-
-
 def output_like(x, channels):
     return torch.empty((x.shape[0], channels, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
                        memory_format=suggest_memory_format(x))
@@ -53,7 +44,7 @@ def _setup(ctx, inputs, output):
 
 
 def _trunk_backward(ctx, grad_out):
-    return recompute_backward(ctx, trunk_eager, grad_out)
+    return recompute_backward(ctx, reference.residual_trunk, grad_out)
 
 
 torch.library.register_autograd("vsr_fast::residual_trunk", _trunk_backward, setup_context=_setup)

@@ -9,10 +9,13 @@ from .dcn import ModulatedDCNPack, modulated_deform_conv2d
 from .edvr import EDVRFeatureExtractor, PCDAlignment, TSAFusion
 from .flow_warp import flow_warp
 from .iconvsr import IconVSR
+from .keyframe_fusion import keyframe_fusion
+from .propagation_step import propagation_step
+from .residual_trunk import residual_trunk
 from .spynet import SPyNet, SPyNetBasicModule
 
 __all__ = [
-    "flow_warp", "SPyNet", "SPyNetBasicModule", "BasicVSR", "IconVSR", "EDVRFeatureExtractor",
+    "flow_warp", "residual_trunk", "propagation_step", "keyframe_fusion", "SPyNet", "SPyNetBasicModule", "BasicVSR", "IconVSR", "EDVRFeatureExtractor",
     "PCDAlignment", "TSAFusion", "ModulatedDCNPack", "modulated_deform_conv2d", "ResidualBlockNoBN",
     "ResidualBlocksWithInputConv", "PixelShufflePack", "ConvModule",
 ]
