@@ -1,53 +1,59 @@
-"""Shared test fixtures: devices, the tolerance table (DESIGN.md §6) and real-data locations."""
+"""pytest hooks and fixtures: devices (every CUDA case carries the `cuda` marker), the CUDA trunk's
+paths, real-data locations. What tests import (tolerances, comparisons, inputs) is in _helpers.py."""
 import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from _helpers import fused_capable
 
 import vsr_fast
-
-# DESIGN.md §6: the one tolerance table. Absolute errors against a float64 reference run on inputs
-# of magnitude ~1. Half precision is judged relative to the reference's own error in that dtype.
-TOLERANCE = {
-    "float64": 1e-10,       # same maths, different association
-    "float32": 1e-5,        # single fused kernels (flow_warp)
-    "float32_chain": 1e-4,  # convolution chains (trunks, whole models)
-    "lowp_factor": 2.0,     # float16/bfloat16: error <= 2x the reference's error in that dtype
-}
 
 # TF32 would make fp32 convolutions / matmuls on Ampere+ miss the fp32 tolerances.
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
 
-def _cuda_param():
-    if not torch.cuda.is_available():
-        return pytest.param("cuda", marks=pytest.mark.skip(reason="no CUDA GPU on this machine"))
-    return pytest.param("cuda", marks=pytest.mark.cuda)
+def pytest_collection_modifyitems(config, items):
+    """A test marked `cuda` (a CUDA parameter of the fixtures below, or a whole CUDA test) is skipped
+    without a GPU, so `-m cuda` selects the same tests on every machine."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
-DEVICES = ["cpu", _cuda_param()]
-
-
-@pytest.fixture(params=DEVICES)
-def device(request):
-    """Every op test runs on CPU and, where a GPU exists, on CUDA; a GPU with a CPU-only build fails."""
-    if request.param == "cuda" and not vsr_fast.build_info()["cuda"]:
+def pytest_runtest_setup(item):
+    """With a GPU present, a build without CUDA kernels fails every CUDA test instead of skipping it."""
+    if item.get_closest_marker("cuda") is not None and torch.cuda.is_available() and not vsr_fast.build_info()["cuda"]:
         pytest.fail("a CUDA GPU is present but vsr_fast was built without CUDA kernels "
                     "(reinstall with VSR_FAST_CUDA=1)")
+
+
+CUDA = pytest.param("cuda", marks=pytest.mark.cuda)
+
+
+@pytest.fixture(params=["cpu", CUDA])
+def device(request):
+    """Every op test runs on CPU and, where a GPU exists, on CUDA."""
     return torch.device(request.param)
 
 
-def assert_lowp_close(fast, reference_lowp, reference64, factor=TOLERANCE["lowp_factor"]):
-    """float16/bfloat16 rule: the fast result's error is at most `factor` x the reference's error in
-    the same dtype (both against float64), with one ulp of the output's magnitude as the floor."""
-    fast_err = (fast.double() - reference64).abs().nan_to_num(0).max().item() if fast.numel() else 0.0
-    ref_err = ((reference_lowp.double() - reference64).abs().nan_to_num(0).max().item()
-               if fast.numel() else 0.0)
-    ulp = torch.finfo(fast.dtype).eps * max(1.0, reference64.abs().max().item() if fast.numel() else 1.0)
-    assert fast_err <= factor * max(ref_err, ulp), (
-        f"{fast.dtype}: error {fast_err:.3g} vs reference's own {ref_err:.3g} (allowed {factor}x)")
+@pytest.fixture(params=["cpu"] + [pytest.param(f"cuda-{impl}", marks=pytest.mark.cuda)
+                                  for impl in ("library", "fused", "auto")])
+def trunk_path(request, monkeypatch):
+    """(device, impl): the CPU kernel, and the CUDA trunk once per VSR_FAST_TRUNK_IMPL path (impl None
+    on CPU). `fused` is skipped below sm_80 (it has no kernel there) and, being forced, raises for
+    inputs it does not support."""
+    device, _, impl = request.param.partition("-")
+    if impl:
+        if impl == "fused" and not fused_capable():
+            pytest.skip("the fused residual-block kernel needs compute capability >= 8.0")
+        monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", impl)
+    return torch.device(device), impl or None
+
 
 # ---- reference models / checkpoints / real data ---------------------------------------------------
 

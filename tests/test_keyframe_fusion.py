@@ -1,11 +1,10 @@
 """vsr_fast::keyframe_fusion against IconVSR's fusion conv (reference: conv over the concatenation)."""
 import pytest
 import torch
+from _helpers import TOLERANCE, assert_gradcheck, poisoned_allocations
 
 import vsr_fast
 from vsr_fast import reference
-
-from conftest import TOLERANCE
 
 
 def inputs(device, dtype=torch.float32, n=2, c=16, h=9, w=13, channels_last=False, seed=0):
@@ -40,7 +39,17 @@ def test_float64_and_gradcheck(device):
     state, refill, weight, bias = (t.requires_grad_() for t in inputs(device, torch.float64, n=1, c=2, h=4, w=5))
     torch.testing.assert_close(vsr_fast.keyframe_fusion(state, refill, weight, bias),
                                reference.keyframe_fusion(state, refill, weight, bias), atol=TOLERANCE["float64"], rtol=0)
-    assert torch.autograd.gradcheck(vsr_fast.keyframe_fusion, (state, refill, weight, bias))
+    assert_gradcheck(vsr_fast.keyframe_fusion, (state, refill, weight, bias))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_every_output_element_is_written(device, channels_last):
+    """Every buffer the op allocates starts out NaN (poisoned_allocations): an output element its two
+    half-convolutions never write comes back NaN."""
+    args = inputs(device, channels_last=channels_last)
+    with poisoned_allocations():
+        out = vsr_fast.keyframe_fusion(*args)
+    assert torch.isfinite(out).all()
 
 
 def test_weight_updates_are_seen(device):

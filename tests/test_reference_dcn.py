@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import TOLERANCE
 
 from vsr_fast.reference import ModulatedDCNPack, modulated_deform_conv2d
 
@@ -52,7 +53,7 @@ def test_zero_offset_unit_mask_is_conv2d(stride, padding, dilation, groups):
     offset = torch.zeros(2, 2 * groups * 9, ho, wo, dtype=torch.float64)
     mask = torch.ones(2, groups * 9, ho, wo, dtype=torch.float64)
     out = modulated_deform_conv2d(x, offset, mask, weight, bias, stride, padding, dilation, groups)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, ref, rtol=0, atol=TOLERANCE["float64"])
 
 
 def test_against_direct_loop_with_fractional_and_outside_offsets():
@@ -71,11 +72,11 @@ def test_against_direct_loop_with_fractional_and_outside_offsets():
     mask = torch.rand(n, groups * 9, h, w, generator=g, dtype=torch.float64)
     out = modulated_deform_conv2d(x, offset, mask, weight, bias, 1, 1, 1, groups)
     ref = _loop_dcn(x, offset, mask, weight, bias, 1, 1, 1, groups)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, ref, rtol=0, atol=TOLERANCE["float64"])
     # float32 follows the same maths
     out32 = modulated_deform_conv2d(x.float(), offset.float(), mask.float(), weight.float(), bias.float(),
                                     1, 1, 1, groups)
-    torch.testing.assert_close(out32.double(), ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out32.double(), ref, rtol=0, atol=TOLERANCE["float32"])
 
 
 def test_offset_channel_order_is_dy_then_dx():
@@ -90,13 +91,13 @@ def test_offset_channel_order_is_dy_then_dx():
     out = modulated_deform_conv2d(x, offset, mask, weight, None, deform_groups=8)
     # column 0 differs: the deformed taps there still see x[..., 0], the shifted conv sees padding
     torch.testing.assert_close(out[..., 1:], F.conv2d(shifted, weight, None, 1, 1)[..., 1:],
-                               rtol=0, atol=1e-12)
+                               rtol=0, atol=TOLERANCE["float64"])
     offset = torch.zeros_like(offset)
     offset[:, 0::2] = -1.0  # up one pixel
     shifted = F.pad(x[..., :-1, :], [0, 0, 1, 0])
     out = modulated_deform_conv2d(x, offset, mask, weight, None, deform_groups=8)
     torch.testing.assert_close(out[..., :-1, :], F.conv2d(shifted, weight, None, 1, 1)[..., :-1, :],
-                               rtol=0, atol=1e-12)
+                               rtol=0, atol=TOLERANCE["float64"])
 
 
 def test_deform_groups_own_consecutive_channels():
@@ -111,7 +112,7 @@ def test_deform_groups_own_consecutive_channels():
     first = F.conv2d(x[:, :2], weight[:, :2], None, 1, 1)
     second = modulated_deform_conv2d(x[:, 2:], offset[:, 18:], mask[:, 9:], weight[:, 2:], None,
                                      deform_groups=1)
-    torch.testing.assert_close(out, first + second, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, first + second, rtol=0, atol=TOLERANCE["float64"])
 
 
 def test_dcn_pack_starts_as_half_conv_and_splits_mask_last():
@@ -122,12 +123,12 @@ def test_dcn_pack_starts_as_half_conv_and_splits_mask_last():
     assert pack.conv_offset.weight.shape == (216, 16, 3, 3)
     # conv_offset starts at zero: offsets 0, mask sigmoid(0) = 0.5
     ref = 0.5 * F.conv2d(x, pack.weight, None, 1, 1) + pack.bias.view(1, -1, 1, 1)
-    torch.testing.assert_close(pack(x, extra), ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(pack(x, extra), ref, rtol=0, atol=TOLERANCE["float64"])
     # the last third of conv_offset's channels is the mask logit
     with torch.no_grad():
         pack.conv_offset.bias[144:] = 40.0
     ref = F.conv2d(x, pack.weight, pack.bias, 1, 1)
-    torch.testing.assert_close(pack(x, extra), ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(pack(x, extra), ref, rtol=0, atol=TOLERANCE["float64"])
 
 
 def test_gradients_flow_to_every_input():

@@ -1,282 +1,360 @@
-"""vsr_fast::residual_trunk and vsr_fast::propagation_step against the reference trunk (CPU here;
-tests/test_residual_trunk_cuda.py covers the two CUDA paths)."""
+"""vsr_fast::residual_trunk against the reference trunk (vsr_fast.reference.residual_trunk and the
+reference module), on CPU and on each CUDA path (VSR_FAST_TRUNK_IMPL=library|fused|auto: the cuDNN
+library path and the fused tensor-core residual-block kernel); plus a lane-level emulation of the
+fused kernel that runs without a GPU."""
+import copy
+import warnings
+
+import numpy as np
 import pytest
 import torch
+from _helpers import (
+    TOLERANCE,
+    assert_close,
+    assert_close_scaled,
+    assert_gradcheck,
+    assert_layout_like_fake,
+    assert_lowp_close,
+    fused_capable,
+    image,
+    make_trunk,
+    poisoned_allocations,
+    to,
+)
 
 import vsr_fast
 from vsr_fast import reference
 from vsr_fast.ops import trunk_parameters
 
-from conftest import TOLERANCE, assert_lowp_close
+LOWP = [torch.float16, torch.bfloat16]
+# partial fused tiles on both axes and two images; exact 8 x 16 tiles; few channels; one pixel
+SHAPES = [(2, 67, 17, 29), (1, 64, 8, 16), (1, 64, 9, 17), (2, 7, 9, 12), (1, 3, 1, 1)]
 
 
-def make_trunk(in_channels, channels, blocks, dtype=torch.float32, seed=0, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    weights = [torch.randn(channels, in_channels, 3, 3, generator=g, dtype=torch.float64) * (scale / (3 * in_channels) ** 0.5)]
-    for _ in range(2 * blocks):
-        weights.append(torch.randn(channels, channels, 3, 3, generator=g, dtype=torch.float64) * (scale / (3 * channels) ** 0.5))
-    biases = [torch.randn(channels, generator=g, dtype=torch.float64) * 0.1 for _ in weights]
-    return [w.to(dtype) for w in weights], [b.to(dtype) for b in biases]
+def skip_if_forced_fused_rejects(impl, dtype):
+    if impl == "fused" and dtype not in LOWP:
+        pytest.skip("forced fused rejects float32 (test_float32_matches_float64_reference checks the error)")
 
 
-def as64(tensors):
-    return [t.double() for t in tensors]
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("blocks", [0, 3])
+def test_float32_matches_float64_reference(trunk_path, shape, channels_last, blocks):
+    device, impl = trunk_path
+    weights, biases = make_trunk(shape[1], 64, blocks)
+    x = image(shape)
+    expected = reference.residual_trunk(x, weights, biases)
+    xd = x.to(device, torch.float32)
+    if channels_last:
+        xd = xd.contiguous(memory_format=torch.channels_last)
+    args = (xd, to(weights, device, torch.float32), to(biases, device, torch.float32))
+    if impl == "fused" and blocks > 0:
+        with pytest.raises(RuntimeError, match="VSR_FAST_TRUNK_IMPL=fused.*float16 or bfloat16"):
+            vsr_fast.residual_trunk(*args)
+        return
+    out = vsr_fast.residual_trunk(*args)
+    assert_layout_like_fake(out, xd)
+    assert_close(out.cpu(), expected, "float32_chain")
 
 
-def image(shape, dtype=torch.float32, seed=1, channels_last=False):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_half_precision_within_twice_the_reference_error(trunk_path, dtype, shape, channels_last):
+    device, _ = trunk_path
+    weights, biases = make_trunk(shape[1], 64, blocks=3)
+    x = image(shape)
+    expected = reference.residual_trunk(x, weights, biases)
+    xl = x.to(device, dtype)
+    if channels_last:
+        xl = xl.contiguous(memory_format=torch.channels_last)
+    wl, bl = to(weights, device, dtype), to(biases, device, dtype)
+    out = vsr_fast.residual_trunk(xl, wl, bl)
+    assert out.dtype == dtype
+    assert_layout_like_fake(out, xl)
+    assert_lowp_close(out, reference.residual_trunk(xl, wl, bl), expected)
 
 
-@pytest.mark.parametrize("shape", [(1, 67, 17, 29), (2, 7, 9, 12), (1, 3, 1, 1)], ids=str)
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_trunk_float32_matches_float64_reference(shape, channels_last):
-    weights, biases = make_trunk(shape[1], 64 if shape[1] == 67 else 8, blocks=3)
-    x = image(shape, channels_last=channels_last)
-    out = vsr_fast.residual_trunk(x, weights, biases)
-    expected = reference.residual_trunk(x.double(), as64(weights), as64(biases))
-    torch.testing.assert_close(out.double(), expected, atol=TOLERANCE["float32_chain"], rtol=0)
-    # the output keeps the input's memory format
-    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+def test_float64_is_exact(device, monkeypatch):
+    monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "auto")  # CUDA: float64 takes the library path
+    weights, biases = make_trunk(5, 6, blocks=2)
+    x = image((2, 5, 7, 9))
+    out = vsr_fast.residual_trunk(x.to(device), to(weights, device, torch.float64), to(biases, device, torch.float64))
+    assert_close(out.cpu(), reference.residual_trunk(x, weights, biases), "float64")
 
 
-def test_trunk_thirty_blocks_matches_the_reference_module():
+def test_thirty_blocks_match_the_reference_module(device):
+    torch.manual_seed(0)
     trunk = reference.ResidualBlocksWithInputConv(67, 64, num_blocks=30).eval()
-    weights, biases = trunk_parameters(trunk)
-    x = image((1, 67, 12, 20))
+    x = image((1, 67, 12, 20), dtype=torch.float32)
     with torch.no_grad():
-        out = vsr_fast.residual_trunk(x, weights, biases)
-        expected = trunk.double()(x.double())
-    torch.testing.assert_close(out.double(), expected, atol=TOLERANCE["float32_chain"], rtol=0)
+        out = vsr_fast.residual_trunk(x.to(device), *(to(p, device, torch.float32) for p in trunk_parameters(trunk)))
+        expected = copy.deepcopy(trunk).double()(x.double())
+    assert_close(out.cpu(), expected, "float32_chain")
 
 
-def test_trunk_float64_is_exact():
-    weights, biases = make_trunk(5, 6, blocks=2, dtype=torch.float64)
-    x = image((2, 5, 7, 9), torch.float64)
-    torch.testing.assert_close(vsr_fast.residual_trunk(x, weights, biases), reference.residual_trunk(x, weights, biases),
-                               atol=TOLERANCE["float64"], rtol=0)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_empty_batch_and_strided_views_of_nan_buffers(trunk_path, dtype):
+    device, impl = trunk_path
+    skip_if_forced_fused_rejects(impl, dtype)
+    weights, biases = make_trunk(67, 64, blocks=2)
+    wl, bl = to(weights, device, dtype), to(biases, device, dtype)
+    empty = torch.empty(0, 67, 9, 11, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    out = vsr_fast.residual_trunk(empty, wl, bl)
+    assert out.shape == (0, 64, 9, 11)
+    assert_layout_like_fake(out, empty)
+    # a view into a NaN-filled buffer: only the view's elements may be read
+    big = torch.full((2, 70, 20, 33), float("nan"), device=device, dtype=dtype)
+    x = big[:, 1:68, 2:19, 3:32]
+    x.copy_(image((2, 67, 17, 29)).to(dtype))
+    out = vsr_fast.residual_trunk(x, wl, bl)
+    torch.testing.assert_close(out, vsr_fast.residual_trunk(x.contiguous(), wl, bl), atol=0, rtol=0)
+    assert torch.isfinite(out).all()
 
 
-def test_trunk_bfloat16_within_twice_the_reference_error():
-    weights, biases = make_trunk(7, 16, blocks=2)
-    x = image((1, 7, 11, 13))
-    bf = [w.bfloat16() for w in weights], [b.bfloat16() for b in biases]
-    out = vsr_fast.residual_trunk(x.bfloat16(), *bf)
-    assert out.dtype == torch.bfloat16
-    assert_lowp_close(out, reference.residual_trunk(x.bfloat16(), *bf), reference.residual_trunk(x.double(), as64(bf[0]), as64(bf[1])))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_every_output_element_is_written(trunk_path, dtype):
+    """Every buffer the op allocates starts out NaN (poisoned_allocations): an output element the
+    kernels never write comes back NaN."""
+    device, impl = trunk_path
+    skip_if_forced_fused_rejects(impl, dtype)
+    weights, biases = make_trunk(67, 64, blocks=2)
+    wl, bl = to(weights, device, dtype), to(biases, device, dtype)
+    for shape in [(1, 67, 9, 17), (3, 67, 23, 41)]:
+        x = image(shape).to(device, dtype)
+        with poisoned_allocations():
+            out = vsr_fast.residual_trunk(x, wl, bl)
+        assert torch.isfinite(out).all(), shape
 
 
-def test_weights_as_non_contiguous_views():
+def test_weights_as_non_contiguous_views(device):
     weights, biases = make_trunk(5, 8, blocks=2)
     # same values, transposed storage: every weight and bias is a strided view
-    w_views = [w.transpose(0, 1).contiguous().transpose(0, 1) for w in weights]
-    b_views = [torch.stack([b, b], 1)[:, 0] for b in biases]
+    w_views = [w.transpose(0, 1).contiguous().transpose(0, 1) for w in to(weights, device, torch.float32)]
+    b_views = [torch.stack([b, b], 1)[:, 0] for b in to(biases, device, torch.float32)]
     assert not any(w.is_contiguous() for w in w_views) and not any(b.is_contiguous() for b in b_views)
     x = image((1, 5, 9, 10))
-    torch.testing.assert_close(vsr_fast.residual_trunk(x, w_views, b_views),
-                               vsr_fast.residual_trunk(x, weights, biases), atol=1e-6, rtol=0)
+    out = vsr_fast.residual_trunk(x.to(device, torch.float32), w_views, b_views)
+    assert_close(out.cpu(), reference.residual_trunk(x, weights, biases), "float32_chain")
 
 
-def test_weights_updated_in_place_are_seen():
+def test_weights_updated_in_place_are_seen(device):
     """The CPU path caches weights reordered for oneDNN: an in-place update must invalidate them."""
     weights, biases = make_trunk(5, 8, blocks=1)
     x = image((1, 5, 9, 10))
-    before = vsr_fast.residual_trunk(x, weights, biases)
+    xd = x.to(device, torch.float32)
+    w, b = to(weights, device, torch.float32), to(biases, device, torch.float32)
+
+    def expected():
+        return reference.residual_trunk(x, to(w, "cpu", torch.float64), to(b, "cpu", torch.float64))
+
+    before = vsr_fast.residual_trunk(xd, w, b)
     with torch.no_grad():
-        weights[1].mul_(-2.0)
-    after = vsr_fast.residual_trunk(x, weights, biases)
-    torch.testing.assert_close(after.double(), reference.residual_trunk(x.double(), as64(weights), as64(biases)),
-                               atol=TOLERANCE["float32_chain"], rtol=0)
+        w[1].mul_(-2.0)
+    after = vsr_fast.residual_trunk(xd, w, b)
+    assert_close(after.cpu(), expected(), "float32_chain")
     assert not torch.allclose(before, after)
     # a new tensor at a possibly recycled address, with the same version number, is not confused
-    del weights[1]
-    weights.insert(1, torch.randn(8, 8, 3, 3) * 0.2)
-    torch.testing.assert_close(vsr_fast.residual_trunk(x, weights, biases).double(),
-                               reference.residual_trunk(x.double(), as64(weights), as64(biases)),
-                               atol=TOLERANCE["float32_chain"], rtol=0)
+    del w[1]
+    w.insert(1, (torch.randn(8, 8, 3, 3) * 0.2).to(device))
+    assert_close(vsr_fast.residual_trunk(xd, w, b).cpu(), expected(), "float32_chain")
 
 
-@pytest.mark.parametrize("with_feature", [False, True])
-@pytest.mark.parametrize("state_kind", ["none", "unwarped", "warped"])
-def test_propagation_step_matches_the_reference_step(with_feature, state_kind):
-    c = 16
-    lr = image((2, 3, 13, 17), seed=2)
-    feature = image((2, c, 13, 17), seed=3) if with_feature else None
-    state = None if state_kind == "none" else image((2, c, 13, 17), seed=4) * 2 - 1
-    g = torch.Generator().manual_seed(5)
-    flow = torch.randn(2, 13, 17, 2, generator=g) * 2 if state_kind == "warped" else None
-    weights, biases = make_trunk(3 + c + (c if with_feature else 0), c, blocks=2)
-    out = vsr_fast.propagation_step(lr, feature, state, flow, weights, biases)
-    d = lambda t: None if t is None else t.double()  # noqa: E731
-    expected = reference.propagation_step(lr.double(), d(feature), d(state), d(flow), as64(weights),
-                                          as64(biases))
-    torch.testing.assert_close(out.double(), expected, atol=TOLERANCE["float32_chain"], rtol=0)
-
-
-def test_propagation_step_is_the_reference_basicvsr_step():
-    """One backward-time step of the reference BasicVSR (warp, cat[lr, state], trunk) = the op."""
-    model = reference.BasicVSR(mid_channels=16, num_blocks=2).eval()
-    weights, biases = trunk_parameters(model.backward_resblocks)
-    lr = image((1, 3, 12, 14), seed=6)
-    state = image((1, 16, 12, 14), seed=7)
-    flow = torch.randn(1, 12, 14, 2, generator=torch.Generator().manual_seed(8))
-    with torch.no_grad():
-        expected = model.backward_resblocks(torch.cat([lr, reference.flow_warp(state, flow)], 1))
-        out = vsr_fast.propagation_step(lr, None, state, flow, weights, biases)
-    torch.testing.assert_close(out, expected, atol=TOLERANCE["float32_chain"], rtol=0)
-
-
-def test_empty_batch_and_channels_last_output():
-    weights, biases = make_trunk(19, 16, blocks=1)
-    lr = image((0, 3, 5, 6))
-    out = vsr_fast.propagation_step(lr, None, None, None, weights, biases)
-    assert out.shape == (0, 16, 5, 6)
-    lr_cl = image((1, 3, 5, 6), channels_last=True)
-    out = vsr_fast.propagation_step(lr_cl, None, None, None, weights, biases)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-
-
-def test_gradcheck_trunk_float64():
-    weights, biases = make_trunk(3, 4, blocks=1, dtype=torch.float64)
-    x = image((1, 3, 4, 5), torch.float64).requires_grad_()
+def test_gradcheck_float64():
+    weights, biases = make_trunk(3, 4, blocks=1)
+    x = image((1, 3, 4, 5)).requires_grad_()
     params = [t.requires_grad_() for t in weights + biases]
 
     def fn(x, *p):
         return vsr_fast.residual_trunk(x, list(p[:3]), list(p[3:]))
 
-    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-6)
+    assert_gradcheck(fn, (x, *params))
 
 
-def test_gradcheck_propagation_step_float64():
-    weights, biases = make_trunk(3 + 2 + 2, 2, blocks=1, dtype=torch.float64)
-    lr = image((1, 3, 4, 5), torch.float64).requires_grad_()
-    feature = image((1, 2, 4, 5), torch.float64, seed=9).requires_grad_()
-    state = image((1, 2, 4, 5), torch.float64, seed=10).requires_grad_()
-    # sample points 0.1 .. 0.9 px off the pixel grid, where bilinear warping is differentiable
-    g = torch.Generator().manual_seed(11)
-    flow = (torch.randint(-1, 2, (1, 4, 5, 2), generator=g) + 0.1 + 0.8 * torch.rand(1, 4, 5, 2, generator=g,
-                                                                                    dtype=torch.float64))
-    flow.requires_grad_()
-    params = [t.requires_grad_() for t in weights + biases]
-
-    def fn(lr, feature, state, flow, *p):
-        return vsr_fast.propagation_step(lr, feature, state, flow, list(p[:3]), list(p[3:]))
-
-    assert torch.autograd.gradcheck(fn, (lr, feature, state, flow, *params), eps=1e-6, atol=1e-6)
-
-
-def test_gradients_match_the_reference_trunk():
-    trunk = reference.ResidualBlocksWithInputConv(19, 16, num_blocks=2)
-    weights, biases = trunk_parameters(trunk)
-    lr = image((1, 3, 10, 11)).requires_grad_()
-    state = image((1, 16, 10, 11), seed=12).requires_grad_()
-    flow = (torch.randn(1, 10, 11, 2, generator=torch.Generator().manual_seed(13)) * 1.5).requires_grad_()
-    grad = torch.randn(1, 16, 10, 11, generator=torch.Generator().manual_seed(14))
-
-    out = vsr_fast.propagation_step(lr, None, state, flow, weights, biases)
-    fast = torch.autograd.grad(out, [lr, state, flow, *weights, *biases], grad)
-    ref_out = trunk(torch.cat([lr, reference.flow_warp(state, flow)], 1))
-    ref = torch.autograd.grad(ref_out, [lr, state, flow, *weights, *biases], grad)
+def test_gradients_by_recomputation_match_the_reference_module(device):
+    """float32 gradients of the op (backward by recomputation) against autograd through the reference
+    module in float64."""
+    torch.manual_seed(1)
+    trunk = reference.ResidualBlocksWithInputConv(5, 8, num_blocks=2)
+    x = image((2, 5, 6, 7), dtype=torch.float32)
+    grad = torch.randn(2, 8, 6, 7, generator=torch.Generator().manual_seed(2))
+    weights, biases = (to([t.detach() for t in p], device, torch.float32) for p in trunk_parameters(trunk))
+    inputs = [x.to(device).requires_grad_()] + [p.requires_grad_() for p in weights + biases]
+    out = vsr_fast.residual_trunk(inputs[0], inputs[1:6], inputs[6:])
+    fast = torch.autograd.grad(out, inputs, grad.to(device))
+    trunk64 = copy.deepcopy(trunk).double()
+    x64 = x.double().requires_grad_()
+    w64, b64 = trunk_parameters(trunk64)
+    ref = torch.autograd.grad(trunk64(x64), [x64, *w64, *b64], grad.double())
     for a, b in zip(fast, ref):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        assert_close_scaled(a.cpu(), b, "float32_chain")
 
 
-def test_opcheck():
-    weights, biases = make_trunk(5, 4, blocks=1)
-    x = image((1, 5, 6, 7)).requires_grad_()
-    params = [t.clone().requires_grad_() for t in weights], [t.clone().requires_grad_() for t in biases]
-    torch.library.opcheck(torch.ops.vsr_fast.residual_trunk.default, (x, *params))
-    torch.library.opcheck(torch.ops.vsr_fast.residual_trunk.default,
-                          (image((1, 5, 6, 7), channels_last=True), weights, biases))
-    w2, b2 = make_trunk(3 + 4 + 4, 4, blocks=1)
-    lr, feature, state = image((1, 3, 6, 7)), image((1, 4, 6, 7), seed=2), image((1, 4, 6, 7), seed=3)
-    flow = torch.randn(1, 6, 7, 2)
-    for args in [(lr, feature, state, flow, w2, b2), (lr, feature, None, None, w2, b2),
-                 (lr.requires_grad_(), feature, state.requires_grad_(), flow.requires_grad_(), w2, b2)]:
-        torch.library.opcheck(torch.ops.vsr_fast.propagation_step.default, args)
-
-
-def test_torch_compile_fullgraph():
-    weights, biases = make_trunk(19, 16, blocks=1)
-    lr, state = image((1, 3, 8, 9)), image((1, 16, 8, 9), seed=2)
-    flow = torch.randn(1, 8, 9, 2)
-
-    def step(lr, state, flow):
-        return vsr_fast.propagation_step(lr, None, state, flow, weights, biases) * 0.5
-
-    compiled = torch.compile(step, fullgraph=True)
-    torch.testing.assert_close(compiled(lr, state, flow), step(lr, state, flow), atol=0, rtol=0)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_opcheck(trunk_path, dtype):
+    device, impl = trunk_path
+    skip_if_forced_fused_rejects(impl, dtype)
+    weights, biases = make_trunk(67, 64, blocks=1)
+    grad = dtype == torch.float32
+    wl = [w.requires_grad_(grad) for w in to(weights, device, dtype)]
+    bl = [b.requires_grad_(grad) for b in to(biases, device, dtype)]
+    x = image((2, 67, 9, 11)).to(device, dtype).requires_grad_(grad)
+    for xx in (x, x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(grad)):
+        torch.library.opcheck(torch.ops.vsr_fast.residual_trunk.default, (xx, wl, bl))
 
 
 @pytest.mark.parametrize("call, message", [
     (lambda w, b: vsr_fast.residual_trunk(torch.rand(5, 6, 7), w, b), r"expected x \[N, C_in, H, W\]"),
-    (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 4, 6, 7), w, b), r"weights\[0\] must be \[8, 4, 3, 3\], got \[8, 5, 3, 3\]"),
+    (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 4, 6, 7), w, b),
+     r"weights\[0\] must be \[8, 4, 3, 3\], got \[8, 5, 3, 3\]"),
     (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7), w[:2], b[:2]), "1 \\+ 2 \\* num_blocks"),
     (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7), w, b[:1]), "one bias per weight"),
     (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7, dtype=torch.float64), w, b), "dtype"),
     (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7), w[:1] + [w[1][:, :4]] + w[2:], b),
      r"weights\[1\] must be \[8, 8, 3, 3\]"),
-    (lambda w, b: vsr_fast.propagation_step(torch.rand(1, 3, 6, 7), None, torch.rand(1, 8, 6, 8), None, w, b),
-     r"expected state \[N, \*, H, W\] matching lr"),
-    (lambda w, b: vsr_fast.propagation_step(torch.rand(1, 3, 6, 7), None, None, torch.rand(1, 6, 7, 2), w, b),
-     "a flow needs a state"),
 ])
 def test_bad_inputs_raise_clear_errors(call, message):
     weights, biases = make_trunk(5, 8, blocks=1)
-    with pytest.raises(RuntimeError, match="vsr_fast::(residual_trunk|propagation_step)") as info:
-        call(weights, biases)
+    with pytest.raises(RuntimeError, match="vsr_fast::residual_trunk") as info:
+        call(to(weights, "cpu", torch.float32), to(biases, "cpu", torch.float32))
     info.match(message)
 
 
-# ---- whole propagation loops: the reference models with their steps replaced by the ops -----------
-
-class _OpStepsBasicVSR(reference.BasicVSR):
-    def backward_step(self, lr, feat_prop, flow=None):
-        return vsr_fast.propagation_step(lr, None, feat_prop, None if flow is None else flow.permute(0, 2, 3, 1),
-                                         *trunk_parameters(self.backward_resblocks))
-
-    def forward_step(self, lr, feat_prop, flow=None):
-        return vsr_fast.propagation_step(lr, None, feat_prop, None if flow is None else flow.permute(0, 2, 3, 1),
-                                         *trunk_parameters(self.forward_resblocks))
+# ---- the fused CUDA kernel: without a GPU, its lane-level emulation ------------------------------
 
 
-class _OpStepsIconVSR(reference.IconVSR):
-    def _state(self, feat_prop, flow, feat_refill, fusion):
-        if flow is not None:
-            feat_prop = vsr_fast.flow_warp(feat_prop, flow.permute(0, 2, 3, 1))
-        if feat_refill is not None:
-            feat_prop = vsr_fast.keyframe_fusion(feat_prop, feat_refill, fusion.weight, fusion.bias)
-        return feat_prop
+def test_fused_kernel_emulation_matches_the_reference_block():
+    """tests/_residual_block_mma_emulator.py replays the fused kernel's index maths lane by lane
+    (swizzled shared-memory tiles, ldmatrix / mma.m16n8k16 fragment layouts, the weight ring, both
+    epilogues) on a NaN-prefilled shared-memory image, for two images of 19 x 23 (partial tiles on
+    both axes). Its float16 output must be as close to the float64 reference block as the reference
+    block run in float16 is, and have no pixel unwritten."""
+    from _residual_block_mma_emulator import emulate_block
 
-    def _step(self, lr, feature, feat_prop, flow, feat_refill, fusion, trunk):
-        if feat_refill is None:  # the op warps
-            return vsr_fast.propagation_step(lr, feature, feat_prop, None if flow is None else flow.permute(0, 2, 3, 1),
-                                             *trunk_parameters(trunk))
-        state = self._state(feat_prop, flow, feat_refill, fusion)
-        return vsr_fast.propagation_step(lr, feature, state, None, *trunk_parameters(trunk))
-
-    def backward_step(self, lr, feat_prop, flow=None, feat_refill=None):
-        return self._step(lr, None, feat_prop, flow, feat_refill, self.backward_fusion, self.backward_resblocks)
-
-    def forward_step(self, lr, feat_backward, feat_prop, flow=None, feat_refill=None):
-        return self._step(lr, feat_backward, feat_prop, flow, feat_refill, self.forward_fusion,
-                          self.forward_resblocks)
-
-
-@pytest.mark.parametrize("model_cls, ops_cls, kwargs, frames", [
-    (reference.BasicVSR, _OpStepsBasicVSR, dict(mid_channels=16, num_blocks=2), 6),
-    (reference.IconVSR, _OpStepsIconVSR, dict(mid_channels=16, num_blocks=2, padding=2), 7),
-])
-def test_reference_propagation_loop_with_the_ops(model_cls, ops_cls, kwargs, frames):
-    """The full recurrent loops (flows, both passes, refill fusion, reconstruction) with every step
-    replaced by the ops give the reference model's output."""
     torch.manual_seed(0)
-    model = model_cls(**kwargs).eval()
-    with_ops = ops_cls(**kwargs).eval()
-    with_ops.load_state_dict(model.state_dict())
-    lrs = torch.rand(1, frames, 3, 20, 24)
-    with torch.no_grad(), pytest.warns(UserWarning, match="designed for inputs"):
-        expected = model.double()(lrs.double())
-        out = with_ops(lrs)
-    torch.testing.assert_close(out.double(), expected, atol=TOLERANCE["float32_chain"], rtol=0)
+    block = reference.ResidualBlockNoBN(64).double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in block.parameters():  # fan-in scale, as trained weights are (the init scales by 0.1)
+            p.copy_((torch.randn(p.shape, generator=g, dtype=torch.float64) / 24).half().double())
+        x = (torch.rand(2, 64, 19, 23, generator=g, dtype=torch.float64) * 2 - 1).half().double()
+        expected = block(x)
+        reference_fp16 = copy.deepcopy(block).half()(x.half())
+    nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
+    biases = np.stack([block.conv1.bias.detach().numpy(), block.conv2.bias.detach().numpy()])
+    out = emulate_block(nhwc(x).astype(np.float32), block.conv1.weight.detach().numpy().astype(np.float32),
+                        block.conv2.weight.detach().numpy().astype(np.float32), biases.astype(np.float32),
+                        np.float16)
+    out = torch.from_numpy(out).permute(0, 3, 1, 2).half()
+    assert not out.isnan().any(), "the emulated kernel left output elements unwritten"
+    assert_lowp_close(out, reference_fp16, expected)
+
+
+# ---- CUDA only: the fused path's self-check and the forced settings ------------------------------
+
+
+@pytest.mark.cuda
+def test_cuda_fused_block_matches_the_library_path_on_720p_quarter(monkeypatch):
+    """The fused kernel alone (one block) on [1, 64, 180, 320] fp16: within 2x the eager reference's
+    error against float64, and as close to the library path as the run-time self-check demands."""
+    if not fused_capable():
+        pytest.skip("the fused residual-block kernel needs compute capability >= 8.0")
+    weights, biases = make_trunk(64, 64, blocks=1, seed=5)
+    x64 = image((1, 64, 180, 320), seed=6).cuda()
+    expected = reference.residual_trunk(x64, to(weights, "cuda", torch.float64), to(biases, "cuda", torch.float64))
+    xl, wl, bl = x64.half(), to(weights, "cuda", torch.float16), to(biases, "cuda", torch.float16)
+    monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "fused")
+    fused = vsr_fast.residual_trunk(xl, wl, bl)
+    monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "library")
+    library = vsr_fast.residual_trunk(xl, wl, bl)
+    assert_lowp_close(fused, reference.residual_trunk(xl, wl, bl), expected)
+    assert_lowp_close(library, reference.residual_trunk(xl, wl, bl), expected)
+    scale = expected.abs().max().item()
+    bound = TOLERANCE["fused_vs_library_ulps"] * torch.finfo(torch.float16).eps * scale
+    assert (fused.double() - library.double()).abs().max().item() <= bound
+
+
+def _selfcheck_warnings(record):
+    return [str(w.message) for w in record if "self-check" in str(w.message)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_cuda_fused_kernel_passes_its_self_check_on_this_gpu(monkeypatch, dtype):
+    if not fused_capable():
+        pytest.skip("the fused residual-block kernel needs compute capability >= 8.0")
+    monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "auto")
+    monkeypatch.setenv("VSR_FAST_TRUNK_SELFCHECK_INJECT", "fresh-pass")  # a cache entry of its own
+    weights, biases = make_trunk(64, 64, blocks=1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        vsr_fast.residual_trunk(image((1, 64, 9, 17)).to("cuda", dtype), to(weights, "cuda", dtype),
+                                to(biases, "cuda", dtype))
+    assert not _selfcheck_warnings(record), _selfcheck_warnings(record)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_cuda_self_check_failure_falls_back_to_the_library_path_with_a_warning(monkeypatch, dtype):
+    if not fused_capable():
+        pytest.skip("the fused residual-block kernel needs compute capability >= 8.0")
+    weights, biases = make_trunk(64, 64, blocks=2)
+    x, wl, bl = image((1, 64, 19, 23)).to("cuda", dtype), to(weights, "cuda", dtype), to(biases, "cuda", dtype)
+    monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "library")
+    library = vsr_fast.residual_trunk(x, wl, bl)
+    monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "auto")
+    monkeypatch.setenv("VSR_FAST_TRUNK_SELFCHECK_INJECT", "fail-fallback-test")  # corrupts the probe
+    with pytest.warns(UserWarning, match=r"FAILED its self-check.*max abs error"):
+        out = vsr_fast.residual_trunk(x, wl, bl)
+    torch.testing.assert_close(out, library, atol=0, rtol=0)
+    # the verdict is cached: no second probe, no second warning, still the library path
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        again = vsr_fast.residual_trunk(x, wl, bl)
+    assert not _selfcheck_warnings(record)
+    torch.testing.assert_close(again, library, atol=0, rtol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_before_the_self_check_uses_the_library_path(monkeypatch):
+    if not fused_capable():
+        pytest.skip("the fused residual-block kernel needs compute capability >= 8.0")
+    dtype = torch.float16
+    weights, biases = make_trunk(3 + 64, 64, blocks=2)
+    wl, bl = to(weights, "cuda", dtype), to(biases, "cuda", dtype)
+    g = torch.Generator().manual_seed(9)
+    lr = torch.rand(1, 3, 19, 23, generator=g).to("cuda", dtype)
+    state = torch.rand(1, 64, 19, 23, generator=g).to("cuda", dtype)
+    flow = (torch.randn(1, 19, 23, 2, generator=g) * 2).cuda()
+    step = lambda: vsr_fast.propagation_step(lr, None, state, flow, wl, bl)  # noqa: E731
+    monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "library")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warms up cuDNN for these shapes, not the self-check
+        library = step()
+    torch.cuda.current_stream().wait_stream(side)
+    monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "auto")
+    monkeypatch.setenv("VSR_FAST_TRUNK_SELFCHECK_INJECT", "fresh-capture")  # not checked yet
+    graph = torch.cuda.CUDAGraph()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with torch.cuda.graph(graph):
+            static_out = step()
+    assert any("during CUDA graph capture" in m for m in _selfcheck_warnings(record)), \
+        [str(w.message) for w in record]
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(static_out, library, atol=0, rtol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_forced_fused_and_bad_settings_raise_clear_errors(monkeypatch):
+    weights, biases = make_trunk(3, 32, blocks=1)
+    x = image((1, 3, 8, 8)).to("cuda", torch.float16)
+    wl, bl = to(weights, "cuda", torch.float16), to(biases, "cuda", torch.float16)
+    monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "fused")
+    with pytest.raises(RuntimeError, match=r"vsr_fast::residual_trunk: VSR_FAST_TRUNK_IMPL=fused.*64 channels"):
+        vsr_fast.residual_trunk(x, wl, bl)
+    monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "fastest")
+    with pytest.raises(RuntimeError, match="VSR_FAST_TRUNK_IMPL must be auto, library or fused, got 'fastest'"):
+        vsr_fast.residual_trunk(x, wl, bl)

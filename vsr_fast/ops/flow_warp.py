@@ -3,8 +3,9 @@ import torch
 
 __all__ = ["flow_warp"]
 
-_INTERPOLATION = {"bilinear": 0, "nearest": 1}
-_PADDING = {"zeros": 0, "border": 1}
+# The op schema's integers for the modes (csrc/include/vsr_fast/flow_warp.h: Interpolation, Padding).
+INTERPOLATION = {"bilinear": 0, "nearest": 1}
+PADDING_MODE = {"zeros": 0, "border": 1}
 
 
 def _mode(name, value, table):
@@ -29,8 +30,8 @@ def flow_warp(x, flow, interpolation="bilinear", padding_mode="zeros", align_cor
     whose fp16 grid is off by up to 0.25 px on wide frames. Differentiable in x and flow (first order).
     """
     return torch.ops.vsr_fast.flow_warp(
-        x, flow, _mode("interpolation", interpolation, _INTERPOLATION),
-        _mode("padding_mode", padding_mode, _PADDING), bool(align_corners))
+        x, flow, _mode("interpolation", interpolation, INTERPOLATION),
+        _mode("padding_mode", padding_mode, PADDING_MODE), bool(align_corners))
 
 
 @torch.library.register_fake("vsr_fast::flow_warp")

@@ -1,0 +1,116 @@
+"""What the tests share, imported as ``from _helpers import ...`` (pytest puts tests/ on sys.path):
+the one tolerance table and the comparisons built on it, random inputs, poisoned allocations.
+
+Fixtures and pytest hooks (devices, the `cuda` marker, real-data locations) are in conftest.py.
+"""
+import contextlib
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+# The one tolerance table (docs/design.md, "Tests"). Absolute errors against a float64 reference run
+# on inputs of magnitude ~1; values that are not of magnitude ~1 (gradients, flows in pixels) are
+# judged relative to the largest magnitude of the reference value (assert_close_scaled).
+TOLERANCE = {
+    "float64": 1e-10,  # same maths, different association
+    "float32": 1e-5,  # single fused kernels (flow_warp)
+    "float32_chain": 1e-4,  # convolution chains (trunks, whole models)
+    "lowp_factor": 2.0,  # float16/bfloat16: error <= 2x the reference's error in that dtype
+    # torch.autograd.gradcheck in float64 (finite differences with eps = 1e-6): its atol, a class of
+    # its own since it bounds the finite-difference error, not the op's
+    "gradcheck": 1e-6,
+    # The fused CUDA residual block against the library path, in units in the last place of the
+    # dtype at the output's magnitude: the bound of the run-time self-check (csrc/cuda/residual_trunk.cu),
+    # which the tests hold the kernel to on inputs larger than the self-check's probe.
+    "fused_vs_library_ulps": 8,
+}
+GRADCHECK_EPS = 1e-6
+
+
+def assert_close(actual, expected, tolerance, **kwargs):
+    """|actual - expected| <= TOLERANCE[tolerance] everywhere (expected: the float64 reference)."""
+    torch.testing.assert_close(actual.double(), expected.double(), atol=TOLERANCE[tolerance], rtol=0, **kwargs)
+
+
+def assert_close_scaled(actual, expected, tolerance, **kwargs):
+    """|actual - expected| <= TOLERANCE[tolerance] * max |expected|: for values whose magnitude is not
+    ~1 (gradients, summed over many pixels or divided by a mean loss's size; flows in pixels)."""
+    scale = (expected.abs().max().item() if expected.numel() else 0.0) or 1.0
+    torch.testing.assert_close(actual.double(), expected.double(), atol=TOLERANCE[tolerance] * scale, rtol=0,
+                               **kwargs)
+
+
+def assert_lowp_close(fast, reference_lowp, reference64, factor=TOLERANCE["lowp_factor"]):
+    """float16/bfloat16 rule: the fast result's error is at most `factor` x the reference's error in
+    the same dtype (both against float64), with one ulp of the output's magnitude as the floor."""
+    fast, reference_lowp, reference64 = (t.cpu() for t in (fast, reference_lowp, reference64))
+    fast_err = (fast.double() - reference64).abs().nan_to_num(0).max().item() if fast.numel() else 0.0
+    ref_err = ((reference_lowp.double() - reference64).abs().nan_to_num(0).max().item()
+               if fast.numel() else 0.0)
+    ulp = torch.finfo(fast.dtype).eps * max(1.0, reference64.abs().max().item() if fast.numel() else 1.0)
+    assert fast_err <= factor * max(ref_err, ulp), (
+        f"{fast.dtype}: error {fast_err:.3g} vs reference's own {ref_err:.3g} (allowed {factor}x)")
+
+
+def assert_gradcheck(fn, inputs):
+    assert torch.autograd.gradcheck(fn, inputs, eps=GRADCHECK_EPS, atol=TOLERANCE["gradcheck"])
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """Every tensor allocated inside (torch.empty and friends, also those a kernel allocates through
+    ATen for its outputs) starts out NaN-filled, on CPU and CUDA: deterministic mode with
+    torch.utils.deterministic.fill_uninitialized_memory, which ATen's empty kernels honour. An output
+    element a kernel forgets to write stays NaN, whatever the allocator would have handed back.
+    Deterministic mode also makes ops without a deterministic kernel raise (CUDA flow_warp's grad_x)."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_filling = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        # the mechanism itself, checked where it matters: a fresh allocation comes back NaN
+        assert torch.empty(64).isnan().all(), "fill_uninitialized_memory did not poison torch.empty"
+        yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = was_filling
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+
+def image(shape, seed=1, dtype=torch.float64, low=0.0):
+    """Uniform values in [low, 1), float64 on CPU unless asked otherwise."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g, dtype=torch.float64) * (1 - low) + low).to(dtype)
+
+
+def make_trunk(in_channels, channels, blocks, seed=0):
+    """Trunk weights and biases, float64 on CPU, at a variance-preserving scale (1 / sqrt(9 * fan-in))
+    so that trunks of a few blocks stay of magnitude ~1."""
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(channels, in_channels, 3, 3, generator=g, dtype=torch.float64) * (9 * in_channels) ** -0.5]
+    weights += [torch.randn(channels, channels, 3, 3, generator=g, dtype=torch.float64) * (9 * channels) ** -0.5
+                for _ in range(2 * blocks)]
+    biases = [torch.randn(channels, generator=g, dtype=torch.float64) * 0.1 for _ in weights]
+    return weights, biases
+
+
+def to(tensors, device, dtype):
+    """A list of tensors (None stays None) on `device` in `dtype`."""
+    return [None if t is None else t.to(device=device, dtype=dtype) for t in tensors]
+
+
+def assert_layout_like_fake(out, like):
+    """The op's output strides are its fake kernel's (torch.empty in suggest_memory_format(like)) along
+    every dimension longer than 1, as torch's own fake-tensor checks compare them: the stride of a
+    size-1 dimension never addresses memory, and C++'s and Python's format guesses differ there."""
+    ref = torch.empty(out.shape, dtype=out.dtype, device=out.device, memory_format=suggest_memory_format(like))
+    significant = [d for d in range(out.dim()) if out.shape[d] > 1]
+    assert [out.stride(d) for d in significant] == [ref.stride(d) for d in significant], (out.stride(), ref.stride())
+
+
+def fused_capable():
+    """Whether this GPU can run the fused residual-block kernel (sm_80+)."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
