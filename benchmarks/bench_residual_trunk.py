@@ -74,7 +74,7 @@ def test_propagation_step(run_case, shape, impl):
 
 @pytest.mark.parametrize("impl", ["vsr_fast", "reference", "reference_compiled"])
 def test_step_loop_peak_memory(record_value, impl):
-    script = Path(__file__).with_name("step_loop_memory.py")
+    script = Path(__file__).with_name("propagation_step_memory.py")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     runs = []
     for _ in range(3):  # RSS depends on the allocator's reuse: take the median of three processes
