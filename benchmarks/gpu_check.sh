@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Everything a GPU machine can tell us, in one call of at most ten minutes (DESIGN.md §8):
-# build against the torch installed there, CUDA tests, compute-sanitizer on small cases of every
-# kernel, CUDA benchmarks, and a short report in $OUT (./gpu-report/ when OUT is unset): report.md,
-# bench.json, bench_trunk.json and logs.tgz (every step's log).
-# Needs torch, nvcc, ninja, pytest, pytest-benchmark; no network.
+# Everything a GPU machine can tell us, in one call of at most ten minutes (docs/design.md, "GPU
+# verification"): install vsr_fast as scripts/setup.sh does (scripts/install.sh, against the torch
+# installed there), the CUDA tests (every one carries the `cuda` marker), compute-sanitizer on small
+# cases of every kernel, the CUDA benchmarks, and a short report in $OUT (./gpu-report/ when OUT is
+# unset): report.md, bench.json, bench_trunk.json and logs.tgz (every step's log).
+# Needs Python >= 3.11 with torch, nvcc, ninja, pytest, pytest-benchmark; no network.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-report}
 mkdir -p "$OUT"
 REPORT=$OUT/report.md
-PY=${PYTHON:-python}
-export MAX_JOBS=${MAX_JOBS:-16} VSR_FAST_CUDA=1 VSR_FAST_PTXAS_VERBOSE=1 PYTHONPATH=$PWD
+PY=${PYTHON:-python3}
+export MAX_JOBS=${MAX_JOBS:-16} VSR_FAST_CUDA=1 VSR_FAST_PTXAS_VERBOSE=1
+# -P: the source tree (the current directory, which has no compiled vsr_fast._C) must not shadow the
+# installed package, as it would on sys.path[0] of `python -m pytest`.
+PYTEST=("$PY" -P -m pytest -q -p no:cacheprovider)
 status() { printf -- '- %s: %s\n' "$1" "$2" >>"$REPORT"; }
 # Every step's timeout is cut to what is left of the script's budget, so the whole check ends within
 # ten minutes whatever a step does; a step with no time left is reported as skipped.
@@ -35,21 +39,21 @@ run_step() {  # name, timeout seconds, log file, command...
   echo "## Steps"
 } >"$REPORT"
 
-run_step build 300 "$OUT/build.log" $PY setup.py build_ext --inplace
-$PY -c "import vsr_fast; print(vsr_fast.build_info())" >>"$OUT/build.log" 2>&1
+# -v: pip shows the compiler's output, ptxas's resource report (VSR_FAST_PTXAS_VERBOSE) included
+PYTHON=$PY run_step install 300 "$OUT/build.log" bash scripts/install.sh -v
 grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | sort -rn | head -20 >"$OUT/ptxas.txt"
-run_step "cuda tests (pytest -k cuda)" 240 "$OUT/tests.log" $PY -m pytest tests -q -k cuda -p no:cacheprovider
+run_step "cuda tests (pytest -m cuda)" 240 "$OUT/tests.log" "${PYTEST[@]}" tests -m cuda
 SAN=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
-run_step "compute-sanitizer memcheck" 180 "$OUT/memcheck.log" "$SAN" --tool memcheck --error-exitcode 3 $PY benchmarks/gpu_sanitizer_cases.py
-run_step "compute-sanitizer racecheck" 180 "$OUT/racecheck.log" "$SAN" --tool racecheck --error-exitcode 3 $PY benchmarks/gpu_sanitizer_cases.py
+run_step "compute-sanitizer memcheck" 180 "$OUT/memcheck.log" "$SAN" --tool memcheck --error-exitcode 3 "$PY" benchmarks/gpu_sanitizer_cases.py
+run_step "compute-sanitizer racecheck" 180 "$OUT/racecheck.log" "$SAN" --tool racecheck --error-exitcode 3 "$PY" benchmarks/gpu_sanitizer_cases.py
 VSR_FAST_BENCH_SUMMARY=$OUT/bench.json run_step "cuda benchmarks" 240 "$OUT/bench.log" \
-  $PY -m pytest benchmarks -q --benchmark-only -k "cuda and not trunk" -p no:cacheprovider
-# residual_trunk: auto / library / fused paths vs eager and torch.compile (the CUDA tests above ran
-# both paths through tests/test_residual_trunk_cuda.py, which parametrises VSR_FAST_TRUNK_IMPL)
+  "${PYTEST[@]}" benchmarks --benchmark-only -k cuda --ignore=benchmarks/bench_residual_trunk.py
+# residual_trunk: auto / library / fused paths vs eager and torch.compile, with TFLOP/s (the CUDA
+# tests above ran every path: tests/test_residual_trunk.py parametrises VSR_FAST_TRUNK_IMPL)
 rm -f "$OUT/trunk_tflops.txt"
 VSR_FAST_BENCH_SUMMARY=$OUT/bench_trunk.json VSR_FAST_TRUNK_TFLOPS=$OUT/trunk_tflops.txt \
   run_step "cuda trunk benchmarks" 240 "$OUT/bench_trunk.log" \
-  $PY -m pytest benchmarks/bench_trunk_cuda.py -q --benchmark-only -p no:cacheprovider
+  "${PYTEST[@]}" benchmarks/bench_residual_trunk.py --benchmark-only -k cuda
 
 {
   echo

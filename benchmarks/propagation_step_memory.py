@@ -1,6 +1,6 @@
 """Peak resident memory of a 20-step propagation loop (inference), one implementation per process.
 
-Usage: python benchmarks/step_loop_memory.py {vsr_fast,reference,reference_compiled} N C_IN H W
+Usage: python benchmarks/propagation_step_memory.py {vsr_fast,reference,reference_compiled} N C_IN H W
 Prints the growth of the peak RSS over the loop in MiB (VmHWM is reset after setup through
 /proc/self/clear_refs, so set-up allocations do not count).
 """

