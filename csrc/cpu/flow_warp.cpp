@@ -86,8 +86,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tenso
         for (int64_t c = 0; c < C; ++c) op[c] = static_cast<scalar_t>(sample_slow(t, in + c));
         continue;
       }
-      const acc_t fx = row.frac_x[ix], fy = row.frac_y[ix];
-      const acc_t w0 = (1 - fy) * (1 - fx), w1 = (1 - fy) * fx, w2 = fy * (1 - fx), w3 = fy * fx;
+      const BilinearWeights<acc_t> b = bilinear_weights(row.frac_x[ix], row.frac_y[ix]);
       const scalar_t* __restrict__ p0 = in + row.base[ix];
       const scalar_t* __restrict__ p1 = p0 + dx;
       const scalar_t* __restrict__ p2 = p0 + dy;
@@ -95,14 +94,14 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tenso
 #ifdef VSR_FAST_X86_SIMD
       if constexpr (std::is_same_v<scalar_t, float>) {
         if (simd) {
-          blend_channels_avx2(p0, p1, p2, p3, op, C, w0, w1, w2, w3);
+          blend_channels_avx2(p0, p1, p2, p3, op, C, b);
           continue;
         }
       }
 #endif
       for (int64_t c = 0; c < C; ++c) {
-        op[c] = static_cast<scalar_t>(w0 * static_cast<acc_t>(p0[c]) + w1 * static_cast<acc_t>(p1[c]) +
-                                      w2 * static_cast<acc_t>(p2[c]) + w3 * static_cast<acc_t>(p3[c]));
+        op[c] = static_cast<scalar_t>(bilinear_blend(b, static_cast<acc_t>(p0[c]), static_cast<acc_t>(p1[c]),
+                                                     static_cast<acc_t>(p2[c]), static_cast<acc_t>(p3[c])));
       }
     }
   };
@@ -123,10 +122,9 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tenso
     for (int64_t ix = 0; ix < W; ++ix) {
       acc_t v;
       if (row.slow[ix] < 0) {
-        const acc_t fx = row.frac_x[ix], fy = row.frac_y[ix];
         const scalar_t* p = plane + row.base[ix];
-        v = (1 - fy) * ((1 - fx) * static_cast<acc_t>(p[0]) + fx * static_cast<acc_t>(p[dx])) +
-            fy * ((1 - fx) * static_cast<acc_t>(p[dy]) + fx * static_cast<acc_t>(p[dxy]));
+        v = bilinear_blend(bilinear_weights(row.frac_x[ix], row.frac_y[ix]), static_cast<acc_t>(p[0]),
+                           static_cast<acc_t>(p[dx]), static_cast<acc_t>(p[dy]), static_cast<acc_t>(p[dxy]));
       } else {
         v = sample_slow(row.slow_taps[row.slow[ix]], plane);
       }
@@ -215,16 +213,17 @@ inline void backward_row_plane(const RowTaps<acc_t>& row, int64_t width, const s
       const acc_t fx = row.frac_x[ix], fy = row.frac_y[ix];
       const int64_t b = row.base[ix];
       if (gx) {
-        gx[b] += (1 - fy) * (1 - fx) * go;
-        gx[b + dx] += (1 - fy) * fx * go;
-        gx[b + dy] += fy * (1 - fx) * go;
-        gx[b + dxy] += fy * fx * go;
+        const BilinearWeights<acc_t> w = bilinear_weights(fx, fy);
+        gx[b] += w.w[0] * go;
+        gx[b + dx] += w.w[1] * go;
+        gx[b + dy] += w.w[2] * go;
+        gx[b + dxy] += w.w[3] * go;
       }
       if (dflow) {
         const acc_t v00 = static_cast<acc_t>(plane[b]), v01 = static_cast<acc_t>(plane[b + dx]);
         const acc_t v10 = static_cast<acc_t>(plane[b + dy]), v11 = static_cast<acc_t>(plane[b + dxy]);
-        dflow[2 * ix] += go * row.dpos_x[ix] * ((1 - fy) * (v01 - v00) + fy * (v11 - v10));
-        dflow[2 * ix + 1] += go * row.dpos_y[ix] * ((1 - fx) * (v10 - v00) + fx * (v11 - v01));
+        dflow[2 * ix] += go * row.dpos_x[ix] * bilinear_slope_x(fy, v00, v01, v10, v11);
+        dflow[2 * ix + 1] += go * row.dpos_y[ix] * bilinear_slope_y(fx, v00, v01, v10, v11);
       }
       continue;
     }

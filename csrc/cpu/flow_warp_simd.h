@@ -38,14 +38,26 @@ __attribute__((target("avx2,fma"))) inline Patches8 gather_patches_avx2(const fl
           _mm256_shuffle_ps(u0, u1, 0x88), _mm256_shuffle_ps(u0, u1, 0xDD)};
 }
 
-// Compiled for AVX2+FMA whatever the build flags; called only after a run-time CPU check.
+// bilinear_blend(bilinear_weights(fx, fy), v00, v01, v10, v11) of vsr_fast/flow_warp.h, 8 pixels at
+// a time.
+__attribute__((target("avx2,fma"))) inline __m256 bilinear_blend8(__m256 fx, __m256 fy, __m256 v00, __m256 v01,
+                                                                   __m256 v10, __m256 v11) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  const __m256 gx = _mm256_sub_ps(one, fx), gy = _mm256_sub_ps(one, fy);
+  __m256 r = _mm256_mul_ps(_mm256_mul_ps(gy, gx), v00);
+  r = _mm256_fmadd_ps(_mm256_mul_ps(gy, fx), v01, r);
+  r = _mm256_fmadd_ps(_mm256_mul_ps(fy, gx), v10, r);
+  return _mm256_fmadd_ps(_mm256_mul_ps(fy, fx), v11, r);
+}
+
+// One output row of one plane, fast pixels blended from their 2x2 patches; slow pixels get a
+// throw-away value the caller overwrites.
 __attribute__((target("avx2,fma"))) inline void sweep_row_avx2(const float* plane, float* out,
                                                         int64_t width, const int32_t* base,
                                                         const float* frac_x, const float* frac_y,
                                                         int32_t dx, int32_t dy) {
   const __m256i vdx = _mm256_set1_epi32(dx), vdy = _mm256_set1_epi32(dy),
                 vdxy = _mm256_set1_epi32(dx + dy);
-  const __m256 one = _mm256_set1_ps(1.f);
   int64_t ix = 0;
   // Rows of a plane are visited once per output row, one plane after another, so the hardware
   // streamers see only ~W/16 lines per stream: fetch the rows the next output row will need (two
@@ -59,10 +71,7 @@ __attribute__((target("avx2,fma"))) inline void sweep_row_avx2(const float* plan
       const auto [v00, v01, v10, v11] = gather_patches_avx2(plane, base + ix, dy);
       const __m256 fx = _mm256_permutevar8x32_ps(_mm256_loadu_ps(frac_x + ix), order);
       const __m256 fy = _mm256_permutevar8x32_ps(_mm256_loadu_ps(frac_y + ix), order);
-      const __m256 gx = _mm256_sub_ps(one, fx);
-      const __m256 top = _mm256_fmadd_ps(fx, v01, _mm256_mul_ps(gx, v00));
-      const __m256 bottom = _mm256_fmadd_ps(fx, v11, _mm256_mul_ps(gx, v10));
-      const __m256 r = _mm256_fmadd_ps(fy, bottom, _mm256_mul_ps(_mm256_sub_ps(one, fy), top));
+      const __m256 r = bilinear_blend8(fx, fy, v00, v01, v10, v11);
       _mm256_storeu_ps(out + ix, _mm256_permutevar8x32_ps(r, order));
     }
   }
@@ -74,24 +83,21 @@ __attribute__((target("avx2,fma"))) inline void sweep_row_avx2(const float* plan
     const __m256 v01 = _mm256_i32gather_ps(plane, _mm256_add_epi32(b, vdx), 4);
     const __m256 v10 = _mm256_i32gather_ps(plane, _mm256_add_epi32(b, vdy), 4);
     const __m256 v11 = _mm256_i32gather_ps(plane, _mm256_add_epi32(b, vdxy), 4);
-    const __m256 gx = _mm256_sub_ps(one, fx);
-    const __m256 top = _mm256_fmadd_ps(fx, v01, _mm256_mul_ps(gx, v00));
-    const __m256 bottom = _mm256_fmadd_ps(fx, v11, _mm256_mul_ps(gx, v10));
-    _mm256_storeu_ps(out + ix, _mm256_fmadd_ps(fy, bottom, _mm256_mul_ps(_mm256_sub_ps(one, fy), top)));
+    _mm256_storeu_ps(out + ix, bilinear_blend8(fx, fy, v00, v01, v10, v11));
   }
   for (; ix < width; ++ix) {
-    const float fx = frac_x[ix], fy = frac_y[ix];
     const float* p = plane + base[ix];
-    out[ix] = (1 - fy) * ((1 - fx) * p[0] + fx * p[dx]) + fy * ((1 - fx) * p[dy] + fx * p[dx + dy]);
+    out[ix] = bilinear_blend(bilinear_weights(frac_x[ix], frac_y[ix]), p[0], p[dx], p[dy], p[dx + dy]);
   }
 }
 
+// One channels_last pixel: bilinear_blend with the weights `w`, 8 channels at a time.
 __attribute__((target("avx2,fma"))) inline void blend_channels_avx2(const float* p0, const float* p1,
-                                                             const float* p2, const float* p3,
-                                                             float* out, int64_t channels, float w0,
-                                                             float w1, float w2, float w3) {
-  const __m256 a = _mm256_set1_ps(w0), b = _mm256_set1_ps(w1), c = _mm256_set1_ps(w2),
-               d = _mm256_set1_ps(w3);
+                                                                    const float* p2, const float* p3,
+                                                                    float* out, int64_t channels,
+                                                                    const BilinearWeights<float>& w) {
+  const __m256 a = _mm256_set1_ps(w.w[0]), b = _mm256_set1_ps(w.w[1]), c = _mm256_set1_ps(w.w[2]),
+               d = _mm256_set1_ps(w.w[3]);
   int64_t i = 0;
   for (; i + 8 <= channels; i += 8) {
     __m256 r = _mm256_mul_ps(a, _mm256_loadu_ps(p0 + i));
@@ -99,7 +105,7 @@ __attribute__((target("avx2,fma"))) inline void blend_channels_avx2(const float*
     r = _mm256_fmadd_ps(c, _mm256_loadu_ps(p2 + i), r);
     _mm256_storeu_ps(out + i, _mm256_fmadd_ps(d, _mm256_loadu_ps(p3 + i), r));
   }
-  for (; i < channels; ++i) out[i] = w0 * p0[i] + w1 * p1[i] + w2 * p2[i] + w3 * p3[i];
+  for (; i < channels; ++i) out[i] = bilinear_blend(w, p0[i], p1[i], p2[i], p3[i]);
 }
 
 // Backward of one NCHW fp32 plane along one row (x stride 1, unit-stride grad_out row): the flow
@@ -124,6 +130,7 @@ __attribute__((target("avx2,fma"))) inline void backward_row_avx2(
       // back to pixel order 0..7
       const __m256 v00 = _mm256_permutevar8x32_ps(p.v00, order), v01 = _mm256_permutevar8x32_ps(p.v01, order);
       const __m256 v10 = _mm256_permutevar8x32_ps(p.v10, order), v11 = _mm256_permutevar8x32_ps(p.v11, order);
+      // bilinear_slope_x / bilinear_slope_y, 8 pixels at a time
       const __m256 dx_sum = _mm256_fmadd_ps(fy, _mm256_sub_ps(v11, v10),
                                             _mm256_mul_ps(_mm256_sub_ps(one, fy), _mm256_sub_ps(v01, v00)));
       const __m256 dy_sum = _mm256_fmadd_ps(fx, _mm256_sub_ps(v11, v01),
@@ -134,13 +141,12 @@ __attribute__((target("avx2,fma"))) inline void backward_row_avx2(
       _mm256_storeu_ps(dflow_x + ix, _mm256_add_ps(_mm256_loadu_ps(dflow_x + ix), ddx));
       _mm256_storeu_ps(dflow_y + ix, _mm256_add_ps(_mm256_loadu_ps(dflow_y + ix), ddy));
     }
-    if (gx) {
-      const __m256 gxw = _mm256_sub_ps(one, fx);
-      const __m256 top = _mm256_mul_ps(go, _mm256_sub_ps(one, fy)), bottom = _mm256_mul_ps(go, fy);
-      _mm256_store_ps(w[0], _mm256_mul_ps(top, gxw));
-      _mm256_store_ps(w[1], _mm256_mul_ps(top, fx));
-      _mm256_store_ps(w[2], _mm256_mul_ps(bottom, gxw));
-      _mm256_store_ps(w[3], _mm256_mul_ps(bottom, fx));
+    if (gx) {  // bilinear_weights(fx, fy) * go
+      const __m256 gxw = _mm256_sub_ps(one, fx), gyw = _mm256_sub_ps(one, fy);
+      _mm256_store_ps(w[0], _mm256_mul_ps(_mm256_mul_ps(gyw, gxw), go));
+      _mm256_store_ps(w[1], _mm256_mul_ps(_mm256_mul_ps(gyw, fx), go));
+      _mm256_store_ps(w[2], _mm256_mul_ps(_mm256_mul_ps(fy, gxw), go));
+      _mm256_store_ps(w[3], _mm256_mul_ps(_mm256_mul_ps(fy, fx), go));
       for (int k = 0; k < 8; ++k) {
         if (slow[ix + k] >= 0) continue;
         float* p = gx + base[ix + k];
@@ -156,15 +162,16 @@ __attribute__((target("avx2,fma"))) inline void backward_row_avx2(
     const float fx = frac_x[ix], fy = frac_y[ix], go = g[ix];
     const int32_t b = base[ix];
     if (gx) {
-      gx[b] += (1 - fy) * (1 - fx) * go;
-      gx[b + 1] += (1 - fy) * fx * go;
-      gx[b + dy] += fy * (1 - fx) * go;
-      gx[b + dy + 1] += fy * fx * go;
+      const BilinearWeights<float> bw = bilinear_weights(fx, fy);
+      gx[b] += bw.w[0] * go;
+      gx[b + 1] += bw.w[1] * go;
+      gx[b + dy] += bw.w[2] * go;
+      gx[b + dy + 1] += bw.w[3] * go;
     }
     if (dflow_x) {
       const float v00 = plane[b], v01 = plane[b + 1], v10 = plane[b + dy], v11 = plane[b + dy + 1];
-      dflow_x[ix] += go * dpos_x[ix] * ((1 - fy) * (v01 - v00) + fy * (v11 - v10));
-      dflow_y[ix] += go * dpos_y[ix] * ((1 - fx) * (v10 - v00) + fx * (v11 - v01));
+      dflow_x[ix] += go * dpos_x[ix] * bilinear_slope_x(fy, v00, v01, v10, v11);
+      dflow_y[ix] += go * dpos_y[ix] * bilinear_slope_y(fx, v00, v01, v10, v11);
     }
   }
 }
@@ -250,11 +257,8 @@ __attribute__((target("avx2,fma"))) inline int64_t warp_band_nchw8_avx2(
       const int64_t x0 = row.base32[ix] - static_cast<int64_t>(row.row0[ix]) * row_stride;
       // slow pixels: a harmless in-buffer read here, the exact value below
       s.offset[i] = fast ? static_cast<int32_t>(((row.row0[ix] - first) * width + x0) * 8) : 0;
-      const float fx = row.frac_x[ix], fy = row.frac_y[ix];
-      s.weight[4 * i] = (1 - fy) * (1 - fx);
-      s.weight[4 * i + 1] = (1 - fy) * fx;
-      s.weight[4 * i + 2] = fy * (1 - fx);
-      s.weight[4 * i + 3] = fy * fx;
+      const BilinearWeights<float> b = bilinear_weights(row.frac_x[ix], row.frac_y[ix]);
+      for (int k = 0; k < 4; ++k) s.weight[4 * i + k] = b.w[k];
     }
     for (size_t j = 0; j < row.slow_taps.size(); ++j) {
       const PixelTaps<float>& t = row.slow_taps[j];

@@ -24,6 +24,11 @@
 namespace vsr_fast {
 namespace cpu_flow_warp {
 
+using flow_warp_math::bilinear_blend;
+using flow_warp_math::bilinear_slope_x;
+using flow_warp_math::bilinear_slope_y;
+using flow_warp_math::bilinear_weights;
+using flow_warp_math::BilinearWeights;
 using flow_warp_math::kBilinear;
 using flow_warp_math::kBorder;
 using flow_warp_math::kNearest;

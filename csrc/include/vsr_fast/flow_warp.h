@@ -20,6 +20,37 @@ C10_HOST_DEVICE inline double floor_of(double v) { return floor(v); }
 C10_HOST_DEVICE inline float round_even(float v) { return nearbyintf(v); }
 C10_HOST_DEVICE inline double round_even(double v) { return nearbyint(v); }
 
+// The bilinear blend of a 2x2 patch, written once for every kernel of both backends. fx, fy: the
+// position inside the patch (0 .. 1 from the top-left tap); weights and taps in PixelTaps's order
+// k = 2 * dy + dx: top-left, top-right, bottom-left, bottom-right.
+template <typename acc_t>
+struct BilinearWeights {
+  acc_t w[4];
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE BilinearWeights<acc_t> bilinear_weights(acc_t fx, acc_t fy) {
+  const acc_t gx = acc_t(1) - fx, gy = acc_t(1) - fy;
+  return {{gy * gx, gy * fx, fy * gx, fy * fx}};
+}
+
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t bilinear_blend(const BilinearWeights<acc_t>& b, acc_t v00, acc_t v01,
+                                                       acc_t v10, acc_t v11) {
+  return b.w[0] * v00 + b.w[1] * v01 + b.w[2] * v10 + b.w[3] * v11;
+}
+
+// d blend / d fx and d blend / d fy; times the axis' d position / d flow, the flow gradient.
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t bilinear_slope_x(acc_t fy, acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
+  return (acc_t(1) - fy) * (v01 - v00) + fy * (v11 - v10);
+}
+
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t bilinear_slope_y(acc_t fx, acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
+  return (acc_t(1) - fx) * (v10 - v00) + fx * (v11 - v01);
+}
+
 // One axis of a sampling position: the position is `lo + frac`; bilinear reads taps lo and lo + 1
 // with weights 1 - frac and frac, nearest reads tap lo. `dpos` is d(position)/d(flow), zero where
 // border padding clipped the position. `usable` is false when no tap can lie inside the image (also
@@ -175,7 +206,7 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE PixelTaps<acc_t> pixel_taps(
     t.weight[0] = acc_t(1);
     return t;
   }
-  // k = 2 * dy + dx: top-left, top-right, bottom-left, bottom-right
+  const BilinearWeights<acc_t> blend = bilinear_weights(px.frac, py.frac);
   for (int k = 0; k < 4; ++k) {
     const int dy = k >> 1;
     const int dx = k & 1;
@@ -185,7 +216,7 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE PixelTaps<acc_t> pixel_taps(
     const acc_t wx = dx ? px.frac : acc_t(1) - px.frac;
     t.valid[k] = tx >= 0 && tx < width && ty >= 0 && ty < height;
     t.offset[k] = t.valid[k] ? ty * stride_h + tx * stride_w : 0;
-    t.weight[k] = wy * wx;
+    t.weight[k] = blend.w[k];
     t.dweight_dx[k] = (dx ? wy : -wy) * px.dpos;
     t.dweight_dy[k] = (dy ? wx : -wx) * py.dpos;
   }
