@@ -9,20 +9,54 @@ The extension must be compiled against the torch it runs with: vsr_fast refuses 
 """
 import glob
 import os
+import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
 
 
+def _toolkit_of(bin_dir):
+    """The CUDA toolkit whose bin/ is `bin_dir`, if it has the headers or the runtime library there."""
+    root = os.path.dirname(os.path.abspath(bin_dir))
+    if os.path.isfile(os.path.join(root, "include", "cuda.h")) or glob.glob(os.path.join(root, "lib64", "libcudart*")):
+        return root
+    return None
+
+
+def _bin_dir_nvcc_reports(nvcc):
+    """Where the compiler that `nvcc` runs lives, as nvcc itself reports it (`_HERE_` of --dryrun)."""
+    try:
+        done = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (done.stderr + done.stdout).splitlines():
+        if line.startswith("#$ _HERE_="):
+            return line.split("=", 1)[1].strip()
+    return None
+
+
 def _real_cuda_home():
-    # `nvcc` on PATH may be a wrapper script (here /usr/local/bin/nvcc -> /usr/local/cuda/bin/nvcc);
-    # torch would then take /usr/local as CUDA_HOME and fail to link libcudart. Resolve the toolkit
-    # from the compiler nvcc really runs, before torch.utils.cpp_extension reads CUDA_HOME.
+    # `nvcc` on PATH may be a symlink or a wrapper script (here /usr/local/bin/nvcc, a script that
+    # execs /usr/local/cuda-13.0/bin/nvcc); torch would then take its parent's parent (/usr/local) as
+    # CUDA_HOME and fail to find the CUDA headers and libcudart. Resolve the toolkit from the compiler
+    # nvcc really runs (the symlink followed, else nvcc's own report of where it runs from), before
+    # torch.utils.cpp_extension reads CUDA_HOME; /usr/local/cuda when neither is a toolkit.
     if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
         return
-    for candidate in ("/usr/local/cuda",):
-        if os.path.exists(os.path.join(candidate, "bin", "nvcc")):
-            os.environ["CUDA_HOME"] = candidate
+    nvcc = shutil.which("nvcc")
+    candidates = []
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.realpath(nvcc)))
+        reported = _bin_dir_nvcc_reports(nvcc)
+        if reported:
+            candidates.append(reported)
+    candidates.append("/usr/local/cuda/bin")
+    for bin_dir in candidates:
+        root = _toolkit_of(bin_dir)
+        if root is not None and os.path.exists(os.path.join(root, "bin", "nvcc")):
+            os.environ["CUDA_HOME"] = root
             return
 
 
