@@ -49,8 +49,8 @@ def run_case(benchmark):
             sync(device)
 
         # Warm-up: compilation, caches, and the allocator. On the VM this project runs on, a process's
-        # first touches of fresh heap memory are slow (a 1.5 ms flow_warp took 4.8 ms for its first
-        # half-dozen calls), so warm up for at least half a second, not a fixed count.
+        # first touches of fresh heap memory are slow (benchmarks/results/cpu_design_measurements.md),
+        # so warm up for at least half a second, not a fixed count.
         start, calls = time.perf_counter(), 0
         while calls < 3 or (time.perf_counter() - start < 0.5 and calls < 200):
             timed()

@@ -348,8 +348,8 @@ def load_checkpoint(model, path_or_state_dict, strict=True, key=None):
             f"(detected format: {fmt}; model expects {target_naming} names, "
             f"{target_content} contents); the model was not modified. " + "; ".join(parts))
 
-    # through load_state_dict (not copy_ into state_dict() views) so that modules with load hooks,
-    # e.g. fast models that re-pack their weights, see the new values
+    # through load_state_dict (not copy_ into state_dict() views), so that modules with their own
+    # _load_from_state_dict or load hooks get the checkpoint the way torch hands it to them
     model.load_state_dict(OrderedDict((k, v) for k, v in sd.items() if k in scope_set), strict=False)
     return LoadResult(fmt, missing, unexpected)
 

@@ -138,7 +138,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tenso
   const int64_t bands_per_image = (H + kBandRows - 1) / kBandRows;
   at::parallel_for(0, N * bands_per_image, 1, [&](int64_t begin, int64_t end) {
     // Per-thread buffers that outlive the call: allocating them per call churned the heap enough
-    // for glibc to trim and re-fault it (first calls 4.8 ms instead of 1.5 ms).
+    // for glibc to trim and re-fault it (benchmarks/results/cpu_design_measurements.md).
     thread_local std::vector<RowTaps<acc_t>> rows;
     rows.resize(std::min(kBandRows, H), RowTaps<acc_t>(0));
     for (auto& row : rows) row.resize(W);

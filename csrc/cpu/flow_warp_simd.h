@@ -17,7 +17,7 @@ namespace cpu_flow_warp {
 
 // The 2x2 patches of 8 pixels (plane offsets base[0..7], rows dy apart). Left and right taps are
 // neighbours, so each pair comes with one 64-bit gather lane: half the gathered lanes of 32-bit
-// gathers (4.6 -> 3.4 ms per [64, 180, 320] forward sweep on one core here, N(0, 3^2) flows).
+// gathers (benchmarks/results/cpu_design_measurements.md).
 // The lanes come back in pixel order 0 1 4 5 2 3 6 7.
 struct Patches8 {
   __m256 v00, v01, v10, v11;
@@ -213,8 +213,8 @@ struct BandScratch {
 // NCHW fp32 with unit stride along W: the output rows of a band for every full block of 8 channels.
 // A block's input rows (those the band's taps reach) are first transposed to 8-channel pixels, so a
 // tap becomes one contiguous 32-byte load instead of a gather lane, and each 8x8 block of results is
-// transposed back into 8 output rows (sweep of [64, 180, 320], N(0, 3^2) flows, one core: 3.4 ms
-// with pair gathers, 2.4 ms this way). Slow pixels are done 8 channels at a time too, tap by tap.
+// transposed back into 8 output rows (faster than the pair gathers: cpu_design_measurements.md in
+// benchmarks/results). Slow pixels are done 8 channels at a time too, tap by tap.
 // Returns the number of channels done: C rounded down to a multiple of 8.
 __attribute__((target("avx2,fma"))) inline int64_t warp_band_nchw8_avx2(
     const float* in, int64_t plane_stride, int64_t row_stride, float* out,

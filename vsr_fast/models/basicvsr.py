@@ -1,7 +1,8 @@
 """BasicVSR whose propagation steps are single vsr_fast::propagation_step calls.
 
-A first drop-in: the recurrence, flows and reconstruction tail are the reference's (so outputs match
-it); each step's warp + concat + 30-block trunk is one fused op, SPyNet warps with vsr_fast.flow_warp.
+The recurrence, flows and reconstruction tail are the reference's (so outputs match it); each step's
+warp + concat + 30-block trunk is one fused op, SPyNet warps with vsr_fast.flow_warp, and the x4 tail
+runs in channels_last.
 """
 import torch
 
@@ -18,8 +19,8 @@ def pixel_flow(flow):
 
 
 class FastTailMixin:
-    """The x4 tail in channels_last: ATen's CPU convolutions run 1.2x faster in NHWC (tail at
-    [1, 64, 64, 112]: 101 -> 82 ms on the 2-core CI machine). The output is handed back contiguous."""
+    """The x4 tail in channels_last, where ATen's CPU convolutions are faster (measured in
+    benchmarks/results/cpu_design_measurements.md). The output is handed back contiguous."""
 
     def reconstruct(self, feat, lr):
         return super().reconstruct(feat.contiguous(memory_format=torch.channels_last), lr).contiguous()
