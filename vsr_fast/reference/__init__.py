@@ -1,7 +1,7 @@
 """Pure-PyTorch reference implementations: the spec every fast path is tested against.
 
-Imports nothing from the rest of vsr_fast at import time (loading ``*_pretrained`` files goes through
-`vsr_fast.checkpoint`, imported only when a path is given).
+Imports nothing from the rest of vsr_fast but `vsr_fast.checkpoint` (the layer below it, which
+depends on nothing of vsr_fast), for the models' ``*_pretrained`` files; docs/design.md, "Layers".
 """
 from .basicvsr import BasicVSR
 from .blocks import ConvModule, PixelShufflePack, ResidualBlockNoBN, ResidualBlocksWithInputConv

@@ -9,6 +9,9 @@ import math
 import torch.nn as nn
 import torch.nn.functional as F
 
+# the one layer below the reference: checkpoint reads files and knows key names, nothing of vsr_fast
+from ..checkpoint import load_checkpoint
+
 __all__ = [
     "ConvModule", "ResidualBlockNoBN", "ResidualBlocksWithInputConv", "PixelShufflePack",
     "default_init_weights", "make_layer", "lrelu",
@@ -144,6 +147,4 @@ def load_pretrained(module, pretrained, what):
         return
     if not isinstance(pretrained, (str, bytes)) and not hasattr(pretrained, "__fspath__"):
         raise TypeError(f"{what}: pretrained must be a local path or None, got {type(pretrained).__name__}")
-    # imported here: vsr_fast.checkpoint knows about every model, the reference must not need it to import
-    from ..checkpoint import load_checkpoint
     load_checkpoint(module, pretrained, strict=True)
