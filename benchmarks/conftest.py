@@ -1,6 +1,6 @@
 """Benchmark plumbing: every case records its timing under a (group, implementation) pair; at the end
 of the session the ratios of each group (reference / vsr_fast, measured in this same run) are printed
-and written as JSON with the device, torch version and git SHA (DESIGN.md §7).
+and written as JSON with the device, torch version and git SHA (docs/design.md, "Benchmarks").
 
 The JSON goes to $VSR_FAST_BENCH_SUMMARY, default .benchmarks/vsr_fast_summary.json.
 """

@@ -1,4 +1,4 @@
-"""Reference BasicVSR (spec/architecture.md §4): keys, sizes, shapes, precision, mirror shortcut."""
+"""Reference BasicVSR: keys, sizes, shapes, precision, mirror shortcut."""
 import copy
 import warnings
 

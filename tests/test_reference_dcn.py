@@ -1,4 +1,4 @@
-"""Reference DCNv2 (spec/architecture.md §5.6): layout, sampling rule, and the plain-conv special case."""
+"""Reference DCNv2: layout, sampling rule, and the plain-conv special case."""
 import math
 
 import pytest

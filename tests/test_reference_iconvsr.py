@@ -1,4 +1,4 @@
-"""Reference IconVSR and its EDVR extractor (spec/architecture.md §5)."""
+"""Reference IconVSR and its EDVR extractor."""
 import copy
 import warnings
 

@@ -1,4 +1,4 @@
-"""Reference SPyNet (spec/architecture.md §3): structure, shapes, and flow direction with real weights."""
+"""Reference SPyNet: structure, shapes, and flow direction with real weights."""
 import pytest
 import torch
 import torch.nn.functional as F

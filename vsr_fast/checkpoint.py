@@ -1,6 +1,6 @@
 """Load and convert BasicVSR / IconVSR / SPyNet / EDVR checkpoints from mmagic and BasicSR.
 
-Formats understood (spec/architecture.md §6):
+Formats understood:
 
 * containers: mmagic/mmediting runner checkpoints ``{'meta', 'state_dict': {'generator.*',
   'generator_ema.*', 'step_counter', ...}, 'optimizer', ...}``; BasicSR files ``{'params': ...,

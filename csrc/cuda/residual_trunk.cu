@@ -7,7 +7,7 @@
 //   fused:   one kernel per residual block (csrc/cuda/residual_block_mma.cuh), C = 64,
 //            fp16/bf16, sm_80+.
 // auto takes the fused kernel only after it has passed a one-time self-check against the library
-// path on this device and dtype (DESIGN.md §3), and the library path otherwise.
+// path on this device and dtype (docs/design.md, "Kernel conventions"), and the library path otherwise.
 //
 // The input convolution always runs on the library path (C_in is not 64). Activations are
 // channels_last throughout; the output is converted to the input's suggested memory format at the end.
@@ -368,7 +368,7 @@ at::Tensor fused_blocks(at::Tensor h, at::TensorList weights, at::TensorList bia
 }
 
 // ---------------------------------------------------------------------------------------------
-// Run-time self-check of the fused kernel (DESIGN.md §3)
+// Run-time self-check of the fused kernel (docs/design.md, "Kernel conventions")
 //
 // On first use per (device, dtype) the fused kernel and the library path run one block on a small
 // random probe (N = 2, 19 x 23: partial tiles on both axes, image borders on every side, a second

@@ -1,4 +1,4 @@
-"""BasicVSR (spec/architecture.md §4): SPyNet flows + bidirectional recurrent propagation + x4 tail.
+"""BasicVSR (mmagic's BasicVSRNet): SPyNet flows + bidirectional recurrent propagation + x4 tail.
 
 The loop is written as small public methods (``compute_flow``, ``backward_step``, ``forward_step``,
 ``fuse``, ``reconstruct``) so that the fast models and the long-video engine can reuse or replace one

@@ -1,6 +1,6 @@
-"""Building blocks shared by the reference networks (spec/architecture.md §2).
+"""Building blocks shared by the reference networks (mmagic / mmcv's).
 
-Attribute names follow mmagic so that state-dict keys match `spec/keys/mmagic_*.tsv` exactly. The
+Attribute names follow mmagic so that state-dict keys match the official lists (tests/data/keys/mmagic_*.tsv) exactly. The
 initialisers reproduce mmagic's (they only matter when training from scratch: every test and every
 user loads weights).
 """

@@ -1,4 +1,4 @@
-"""Modulated deformable convolution (DCNv2) in pure PyTorch (spec/architecture.md §5.6).
+"""Modulated deformable convolution (DCNv2) in pure PyTorch (mmcv's ModulatedDeformConv2d).
 
 Offset layout is mmcv's (and torchvision's): for deform group g and kernel tap k = kh_idx * kw + kw_idx,
 channel 2 * (K * g + k) holds the y displacement and the next channel the x displacement (K = kh * kw);

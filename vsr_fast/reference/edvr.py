@@ -1,4 +1,4 @@
-"""EDVR-M feature extractor used by IconVSR's information refill (spec/architecture.md §5.4-5.7).
+"""EDVR-M feature extractor used by IconVSR's information refill (mmagic's EDVRFeatureExtractor).
 
 Feature pyramid -> PCD alignment (modulated deformable convs, every frame to the centre frame) -> TSA
 fusion. There is no reconstruction trunk or upsampler: IconVSR only needs the fused features.

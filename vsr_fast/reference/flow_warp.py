@@ -1,4 +1,4 @@
-"""flow_warp exactly as mmagic formulates it (spec/architecture.md §2.4), with the grid in fp32.
+"""flow_warp exactly as mmagic formulates it, with the grid in fp32.
 
 mmagic builds the sampling grid in ``x.dtype``; in fp16 that rounds pixel coordinates of wide frames by
 up to 0.25 px. Here the grid is built in fp32 (fp64 when ``x`` is fp64) and cast to ``x.dtype`` only at

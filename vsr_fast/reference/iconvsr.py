@@ -1,4 +1,4 @@
-"""IconVSR (spec/architecture.md §5): BasicVSR + information refill at keyframes + coupled propagation."""
+"""IconVSR (mmagic's IconVSRNet): BasicVSR + information refill at keyframes + coupled propagation."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

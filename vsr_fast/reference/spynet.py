@@ -1,4 +1,4 @@
-"""SPyNet optical flow as used by BasicVSR/IconVSR (spec/architecture.md §3).
+"""SPyNet optical flow as used by BasicVSR/IconVSR (mmagic's SPyNet).
 
 ``spynet(ref, supp)`` is the flow from ``ref`` to ``supp``: ``flow_warp(supp, flow)`` aligns ``supp``
 onto ``ref``. Channel 0 is the horizontal displacement in pixels, channel 1 the vertical one.
