@@ -7,6 +7,7 @@ CUDA decision (printed at build time):
   unset                CUDA kernels iff nvcc, a CUDA build of torch and a GPU are all present.
 The extension must be compiled against the torch it runs with: vsr_fast refuses to import otherwise.
 """
+
 import glob
 import os
 import shutil
@@ -19,7 +20,9 @@ from setuptools import find_packages, setup
 def _toolkit_of(bin_dir):
     """The CUDA toolkit whose bin/ is `bin_dir`, if it has the headers or the runtime library there."""
     root = os.path.dirname(os.path.abspath(bin_dir))
-    if os.path.isfile(os.path.join(root, "include", "cuda.h")) or glob.glob(os.path.join(root, "lib64", "libcudart*")):
+    if os.path.isfile(os.path.join(root, "include", "cuda.h")) or glob.glob(
+        os.path.join(root, "lib64", "libcudart*")
+    ):
         return root
     return None
 
@@ -27,8 +30,9 @@ def _toolkit_of(bin_dir):
 def _bin_dir_nvcc_reports(nvcc):
     """Where the compiler that `nvcc` runs lives, as nvcc itself reports it (`_HERE_` of --dryrun)."""
     try:
-        done = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(
+            [nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     for line in (done.stderr + done.stdout).splitlines():
@@ -77,11 +81,14 @@ def log(msg):
 def decide_cuda():
     flag = os.environ.get("VSR_FAST_CUDA", "").strip()
     has_nvcc = cpp_extension.CUDA_HOME is not None and os.path.exists(
-        os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
+        os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
+    )
     torch_cuda = torch.version.cuda
     has_gpu = torch_cuda is not None and torch.cuda.is_available()
-    facts = f"nvcc={'yes' if has_nvcc else 'no'} (CUDA_HOME={cpp_extension.CUDA_HOME}), " \
-            f"torch {torch.__version__} cuda={torch_cuda}, gpu visible={'yes' if has_gpu else 'no'}"
+    facts = (
+        f"nvcc={'yes' if has_nvcc else 'no'} (CUDA_HOME={cpp_extension.CUDA_HOME}), "
+        f"torch {torch.__version__} cuda={torch_cuda}, gpu visible={'yes' if has_gpu else 'no'}"
+    )
     if flag == "0":
         log(f"VSR_FAST_CUDA=0 -> CPU kernels only [{facts}]")
         return False
@@ -89,13 +96,19 @@ def decide_cuda():
         if not has_nvcc or torch_cuda is None:
             raise RuntimeError(
                 "vsr_fast setup: VSR_FAST_CUDA=1 but "
-                + ("nvcc was not found (set CUDA_HOME)" if not has_nvcc else
-                   f"torch {torch.__version__} is a CPU-only build")
-                + f" [{facts}]")
+                + (
+                    "nvcc was not found (set CUDA_HOME)"
+                    if not has_nvcc
+                    else f"torch {torch.__version__} is a CPU-only build"
+                )
+                + f" [{facts}]"
+            )
         if not has_gpu and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
-        log(f"VSR_FAST_CUDA=1 -> CPU + CUDA kernels, TORCH_CUDA_ARCH_LIST="
-            f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '(this GPU)')} [{facts}]")
+        log(
+            f"VSR_FAST_CUDA=1 -> CPU + CUDA kernels, TORCH_CUDA_ARCH_LIST="
+            f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '(this GPU)')} [{facts}]"
+        )
         return True
     if flag:
         raise RuntimeError(f"vsr_fast setup: VSR_FAST_CUDA must be 0, 1 or unset, got {flag!r}")
@@ -116,8 +129,10 @@ def pip_nvidia_include_dirs():
 def cuda_archs_macro():
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if not archs and torch.cuda.is_available():
-        archs = ";".join(f"{a}.{b}" for a, b in
-                         {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        archs = ";".join(
+            f"{a}.{b}"
+            for a, b in {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        )
     return (archs or "").replace(" ", ";")
 
 
@@ -134,16 +149,26 @@ def extensions():
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        define_macros += [("VSR_FAST_WITH_CUDA", None),
-                          ("VSR_FAST_CUDA_ARCHS", '"' + cuda_archs_macro() + '"')]
+        define_macros += [
+            ("VSR_FAST_WITH_CUDA", None),
+            ("VSR_FAST_CUDA_ARCHS", '"' + cuda_archs_macro() + '"'),
+        ]
         include_dirs += pip_nvidia_include_dirs()
         ext_cls = cpp_extension.CUDAExtension
         extra = {"cxx": cxx, "nvcc": nvcc}
     else:
         ext_cls = cpp_extension.CppExtension
         extra = {"cxx": cxx}
-    return [ext_cls("vsr_fast._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-                    extra_compile_args=extra, extra_link_args=["-fopenmp"])]
+    return [
+        ext_cls(
+            "vsr_fast._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args=extra,
+            extra_link_args=["-fopenmp"],
+        )
+    ]
 
 
 setup(

@@ -3,14 +3,19 @@
 Forward and forward+backward, fp32, contiguous NCHW features, flows ~ N(0, 3^2) px, on the named VSR
 shapes. Ratios of the same run are printed at the end (benchmarks/conftest.py).
 """
+
 import pytest
 import torch
 
 import vsr_fast
 from vsr_fast import reference
 
-SHAPES = {"train64": (1, 64, 64, 64), "lr720p": (1, 64, 180, 320), "batch4": (4, 64, 64, 64),
-          "rgb720p": (1, 3, 720, 1280)}
+SHAPES = {
+    "train64": (1, 64, 64, 64),
+    "lr720p": (1, 64, 180, 320),
+    "batch4": (4, 64, 64, 64),
+    "rgb720p": (1, 3, 720, 1280),
+}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 _compiled = {}
@@ -42,6 +47,7 @@ def test_flow_warp(run_case, device, shape, impl, passes):
     flow = (torch.randn(n, h, w, 2, generator=g) * 3).to(device)
     fn = implementation(impl)
     if passes == "forward":
+
         def case():
             with torch.no_grad():
                 fn(x, flow)
@@ -53,8 +59,15 @@ def test_flow_warp(run_case, device, shape, impl, passes):
         def case():
             x.grad = flow.grad = None
             fn(x, flow).backward(grad)
+
     # forward's least traffic: read x and flow once, write the output once
-    moved = (2 * x.numel() * x.element_size() + flow.numel() * flow.element_size()
-             if passes == "forward" else None)
-    run_case(f"flow_warp {passes} {shape} {list(SHAPES[shape])} {device.type}", impl, case, device,
-             bytes_moved=moved)
+    moved = (
+        2 * x.numel() * x.element_size() + flow.numel() * flow.element_size() if passes == "forward" else None
+    )
+    run_case(
+        f"flow_warp {passes} {shape} {list(SHAPES[shape])} {device.type}",
+        impl,
+        case,
+        device,
+        bytes_moved=moved,
+    )

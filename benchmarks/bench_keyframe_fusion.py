@@ -4,6 +4,7 @@ under torch.compile, fp32, 64 + 64 -> 64 channels as in IconVSR, CPU and (where 
 
 Ratios of the same run are printed at the end (benchmarks/conftest.py).
 """
+
 import pytest
 import torch
 

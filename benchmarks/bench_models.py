@@ -4,6 +4,7 @@ Random weights of the official sizes (c64b30), a short clip of 64x112 LR frames.
 whole reference model is left out by default (compiling the unrolled recurrence takes minutes on
 small machines); VSR_FAST_BENCH_COMPILE_MODELS=1 adds it.
 """
+
 import os
 import warnings
 
@@ -13,11 +14,15 @@ import torch
 import vsr_fast
 from vsr_fast import reference
 
-MODELS = {"basicvsr": (vsr_fast.BasicVSR, reference.BasicVSR, {}),
-          "iconvsr": (vsr_fast.IconVSR, reference.IconVSR, {"padding": 2})}
+MODELS = {
+    "basicvsr": (vsr_fast.BasicVSR, reference.BasicVSR, {}),
+    "iconvsr": (vsr_fast.IconVSR, reference.IconVSR, {"padding": 2}),
+}
 CLIP = (1, 5, 3, 64, 112)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-IMPLS = ["vsr_fast", "reference"] + (["reference_compiled"] if os.environ.get("VSR_FAST_BENCH_COMPILE_MODELS") == "1" else [])
+IMPLS = ["vsr_fast", "reference"] + (
+    ["reference_compiled"] if os.environ.get("VSR_FAST_BENCH_COMPILE_MODELS") == "1" else []
+)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -5,6 +5,7 @@ the peak memory of a 20-step propagation loop, each implementation in its own pr
 
 Ratios of the same run are printed at the end (benchmarks/conftest.py).
 """
+
 import os
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def test_propagation_step(run_case, shape, impl):
     state = torch.randn(n, 64, h, w)
     flow = torch.randn(n, h, w, 2) * 3
     if impl == "vsr_fast":
+
         def case():
             with torch.no_grad():
                 vsr_fast.propagation_step(lr, None, state, flow, weights, biases)
@@ -67,7 +69,13 @@ def test_step_loop_peak_memory(record_value, impl):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     runs = []
     for _ in range(3):  # RSS depends on the allocator's reuse: take the median of three processes
-        out = subprocess.run([sys.executable, str(script), impl, "1", "67", "64", "112"], env=env,
-                             capture_output=True, text=True, check=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, str(script), impl, "1", "67", "64", "112"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
         runs.append(float(out.stdout.split()[-1]))
     record_value("20-step loop peak RSS growth, median of 3 (MiB) [1,67,64,112] cpu", impl, sorted(runs)[1])

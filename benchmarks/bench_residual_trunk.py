@@ -15,6 +15,7 @@ skips it.
 
 Ratios of the same run are printed at the end (benchmarks/conftest.py).
 """
+
 import os
 from pathlib import Path
 
@@ -49,8 +50,11 @@ def setup_case(shape):
 @pytest.mark.parametrize("impl", ["vsr_fast", "reference", "reference_compiled"])
 def test_trunk(run_case, shape, impl):
     _, weights, biases, x = setup_case(SHAPES[shape])
-    fn = {"vsr_fast": vsr_fast.residual_trunk, "reference": reference.residual_trunk,
-          "reference_compiled": compiled(reference.residual_trunk)}[impl]
+    fn = {
+        "vsr_fast": vsr_fast.residual_trunk,
+        "reference": reference.residual_trunk,
+        "reference_compiled": compiled(reference.residual_trunk),
+    }[impl]
 
     def case():
         with torch.no_grad():

@@ -4,6 +4,7 @@ and written as JSON with the device, torch version and git SHA (docs/design.md, 
 
 The JSON goes to $VSR_FAST_BENCH_SUMMARY, default .benchmarks/vsr_fast_summary.json.
 """
+
 import json
 import os
 import platform
@@ -27,8 +28,13 @@ def _device_name(device):
 
 def _git_sha():
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -59,8 +65,9 @@ def run_case(benchmark):
             torch.cuda.reset_peak_memory_stats(device)
         benchmark.group = group
         benchmark.extra_info.update(impl=impl, device=_device_name(device))
-        benchmark.pedantic(timed, rounds=rounds or (30 if device.type == "cuda" else 10),
-                           iterations=1, warmup_rounds=1)
+        benchmark.pedantic(
+            timed, rounds=rounds or (30 if device.type == "cuda" else 10), iterations=1, warmup_rounds=1
+        )
         stats = benchmark.stats.stats
         _RESULTS[group][impl] = {
             "median_ms": stats.median * 1e3,
@@ -88,7 +95,10 @@ def record_value(benchmark):
 def pytest_sessionfinish(session, exitstatus):
     if not _RESULTS and not _VALUES:
         return
-    lines = ["", "vsr_fast benchmark ratios (median time of the other implementation / vsr_fast's, same run):"]
+    lines = [
+        "",
+        "vsr_fast benchmark ratios (median time of the other implementation / vsr_fast's, same run):",
+    ]
     for group in sorted(_RESULTS):
         impls = _RESULTS[group]
         base = impls.get("vsr_fast")
@@ -100,17 +110,32 @@ def pytest_sessionfinish(session, exitstatus):
             parts.append(f"{impl} {r['median_ms']:.3f} ms{ratio}{bw}{mem}")
         lines.append(f"  {group}: " + "; ".join(parts))
     for group in sorted(_VALUES):
-        lines.append(f"  {group}: " + "; ".join(f"{impl} {v:g}" for impl, v in sorted(_VALUES[group].items())))
+        lines.append(
+            f"  {group}: " + "; ".join(f"{impl} {v:g}" for impl, v in sorted(_VALUES[group].items()))
+        )
     text = "\n".join(lines)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(text)
     else:
         print(text)
-    out = Path(os.environ.get("VSR_FAST_BENCH_SUMMARY", Path(session.config.rootpath) / ".benchmarks" /
-                              "vsr_fast_summary.json"))
+    out = Path(
+        os.environ.get(
+            "VSR_FAST_BENCH_SUMMARY", Path(session.config.rootpath) / ".benchmarks" / "vsr_fast_summary.json"
+        )
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "git_sha": _git_sha(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "threads": torch.get_num_threads(), "results": _RESULTS, "values": _VALUES}, indent=1,
-        sort_keys=True))
+    out.write_text(
+        json.dumps(
+            {
+                "git_sha": _git_sha(),
+                "torch": torch.__version__,
+                "cuda": torch.version.cuda,
+                "threads": torch.get_num_threads(),
+                "results": _RESULTS,
+                "values": _VALUES,
+            },
+            indent=1,
+            sort_keys=True,
+        )
+    )

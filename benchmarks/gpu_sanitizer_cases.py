@@ -3,6 +3,7 @@
 Run as `python benchmarks/gpu_sanitizer_cases.py`; exits non-zero if a result is wrong, so that a
 sanitizer run also checks the values it watched being computed (with the tests' tolerance table).
 """
+
 import itertools
 import os
 import sys
@@ -20,8 +21,10 @@ from _helpers import TOLERANCE, assert_lowp_close  # noqa: E402
 def flow_warp_cases():
     g = torch.Generator().manual_seed(0)
     for dtype, layout, (interp, pad, align) in itertools.product(
-            [torch.float32, torch.float16, torch.bfloat16, torch.float64], ["nchw", "nhwc"],
-            itertools.product(["bilinear", "nearest"], ["zeros", "border"], [True, False])):
+        [torch.float32, torch.float16, torch.bfloat16, torch.float64],
+        ["nchw", "nhwc"],
+        itertools.product(["bilinear", "nearest"], ["zeros", "border"], [True, False]),
+    ):
         x = torch.rand(2, 5, 7, 9, generator=g).to("cuda", dtype)
         if layout == "nhwc":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -36,8 +39,9 @@ def flow_warp_cases():
             tol = TOLERANCE["float32" if dtype == torch.float32 else "float64"]
             torch.testing.assert_close(out.detach().double(), expected, atol=tol, rtol=0)
         else:
-            assert_lowp_close(out.detach(), reference.flow_warp(x.detach(), flow.detach(), interp, pad, align),
-                              expected)
+            assert_lowp_close(
+                out.detach(), reference.flow_warp(x.detach(), flow.detach(), interp, pad, align), expected
+            )
     torch.cuda.synchronize()
 
 
@@ -65,14 +69,21 @@ def residual_trunk_cases():
             b = [t.to("cuda", dtype) for t in biases]
             fl = flow.cuda().float() if dtype != torch.float32 else flow.cuda().to(dtype)
             step = vsr_fast.propagation_step(lr.to("cuda", dtype), None, state.to("cuda", dtype), fl, w, b)
-            trunk = vsr_fast.residual_trunk(x.to("cuda", dtype).contiguous(memory_format=torch.channels_last), w, b)
+            trunk = vsr_fast.residual_trunk(
+                x.to("cuda", dtype).contiguous(memory_format=torch.channels_last), w, b
+            )
             for name, out in (("propagation_step", step), ("residual_trunk", trunk)):
                 if dtype == torch.float32:
                     err = (out.double().cpu() - expected).abs().max().item()
                     assert err <= TOLERANCE["float32_chain"], f"{name} {impl} {dtype}: max error {err:.3g}"
                 else:  # the reference run in the same dtype, on the same (rounded) inputs
-                    own = (reference.propagation_step(lr.to("cuda", dtype), None, state.to("cuda", dtype), fl, w, b)
-                           if name == "propagation_step" else reference.residual_trunk(x.to("cuda", dtype), w, b))
+                    own = (
+                        reference.propagation_step(
+                            lr.to("cuda", dtype), None, state.to("cuda", dtype), fl, w, b
+                        )
+                        if name == "propagation_step"
+                        else reference.residual_trunk(x.to("cuda", dtype), w, b)
+                    )
                     assert_lowp_close(out, own, expected)
     finally:
         if saved is None:

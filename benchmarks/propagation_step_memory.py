@@ -4,6 +4,7 @@ Usage: python benchmarks/propagation_step_memory.py {vsr_fast,reference,referenc
 Prints the growth of the peak RSS over the loop in MiB (VmHWM is reset after setup through
 /proc/self/clear_refs, so set-up allocations do not count).
 """
+
 import sys
 
 import torch

@@ -45,10 +45,12 @@ TORCH_LIBRARY(vsr_fast, m) {
 
   // interpolation: 0 bilinear, 1 nearest; padding_mode: 0 zeros, 1 border. flow is [N, H, W, 2] in
   // pixels, x displacement first.
-  m.def("flow_warp(Tensor x, Tensor flow, int interpolation, int padding_mode, bool align_corners) -> Tensor");
+  m.def(
+      "flow_warp(Tensor x, Tensor flow, int interpolation, int padding_mode, bool align_corners) -> Tensor");
   // Returns (grad_x, grad_flow); an output whose output_mask entry is false is an empty [0] tensor.
-  m.def("_flow_warp_backward(Tensor grad_out, Tensor x, Tensor flow, int interpolation, "
-        "int padding_mode, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "_flow_warp_backward(Tensor grad_out, Tensor x, Tensor flow, int interpolation, "
+      "int padding_mode, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
 
   // BasicVSR's propagation trunk: conv3x3(weights[0]) + LeakyReLU(0.1), then ResidualBlockNoBN k
   // (k = 0 .. blocks-1) = x + conv3x3(weights[2+2k], relu(conv3x3(weights[1+2k], x))). All convs
@@ -57,8 +59,9 @@ TORCH_LIBRARY(vsr_fast, m) {
   // One recurrent step: the trunk applied to cat[lr, feature?, warp(state, flow)] without forming
   // the concatenation separately. state None: a zero state (first frame); flow None: no warp. The warp
   // is flow_warp's bilinear, zeros padding, align_corners=True.
-  m.def("propagation_step(Tensor lr, Tensor? feature, Tensor? state, Tensor? flow, Tensor[] weights, "
-        "Tensor[] biases) -> Tensor");
+  m.def(
+      "propagation_step(Tensor lr, Tensor? feature, Tensor? state, Tensor? flow, Tensor[] weights, "
+      "Tensor[] biases) -> Tensor");
   // IconVSR's keyframe refill fusion: conv3x3(cat[state, refill], weight) + bias, no activation,
   // without forming the concatenation. weight [C, C_state + C_refill, 3, 3].
   m.def("keyframe_fusion(Tensor state, Tensor refill, Tensor weight, Tensor bias) -> Tensor");

@@ -3,6 +3,7 @@ the one tolerance table and the comparisons built on it, random inputs, poisoned
 
 Fixtures and pytest hooks (devices, the `cuda` marker, real-data locations) are in conftest.py.
 """
+
 import contextlib
 
 import torch
@@ -29,15 +30,18 @@ GRADCHECK_EPS = 1e-6
 
 def assert_close(actual, expected, tolerance, **kwargs):
     """|actual - expected| <= TOLERANCE[tolerance] everywhere (expected: the float64 reference)."""
-    torch.testing.assert_close(actual.double(), expected.double(), atol=TOLERANCE[tolerance], rtol=0, **kwargs)
+    torch.testing.assert_close(
+        actual.double(), expected.double(), atol=TOLERANCE[tolerance], rtol=0, **kwargs
+    )
 
 
 def assert_close_scaled(actual, expected, tolerance, **kwargs):
     """|actual - expected| <= TOLERANCE[tolerance] * max |expected|: for values whose magnitude is not
     ~1 (gradients, summed over many pixels or divided by a mean loss's size; flows in pixels)."""
     scale = (expected.abs().max().item() if expected.numel() else 0.0) or 1.0
-    torch.testing.assert_close(actual.double(), expected.double(), atol=TOLERANCE[tolerance] * scale, rtol=0,
-                               **kwargs)
+    torch.testing.assert_close(
+        actual.double(), expected.double(), atol=TOLERANCE[tolerance] * scale, rtol=0, **kwargs
+    )
 
 
 def assert_lowp_close(fast, reference_lowp, reference64, factor=TOLERANCE["lowp_factor"]):
@@ -45,11 +49,13 @@ def assert_lowp_close(fast, reference_lowp, reference64, factor=TOLERANCE["lowp_
     the same dtype (both against float64), with one ulp of the output's magnitude as the floor."""
     fast, reference_lowp, reference64 = (t.cpu() for t in (fast, reference_lowp, reference64))
     fast_err = (fast.double() - reference64).abs().nan_to_num(0).max().item() if fast.numel() else 0.0
-    ref_err = ((reference_lowp.double() - reference64).abs().nan_to_num(0).max().item()
-               if fast.numel() else 0.0)
+    ref_err = (
+        (reference_lowp.double() - reference64).abs().nan_to_num(0).max().item() if fast.numel() else 0.0
+    )
     ulp = torch.finfo(fast.dtype).eps * max(1.0, reference64.abs().max().item() if fast.numel() else 1.0)
     assert fast_err <= factor * max(ref_err, ulp), (
-        f"{fast.dtype}: error {fast_err:.3g} vs reference's own {ref_err:.3g} (allowed {factor}x)")
+        f"{fast.dtype}: error {fast_err:.3g} vs reference's own {ref_err:.3g} (allowed {factor}x)"
+    )
 
 
 def assert_gradcheck(fn, inputs):
@@ -90,9 +96,13 @@ def make_trunk(in_channels, channels, blocks, seed=0):
     """Trunk weights and biases, float64 on CPU, at a variance-preserving scale (1 / sqrt(9 * fan-in))
     so that trunks of a few blocks stay of magnitude ~1."""
     g = torch.Generator().manual_seed(seed)
-    weights = [torch.randn(channels, in_channels, 3, 3, generator=g, dtype=torch.float64) * (9 * in_channels) ** -0.5]
-    weights += [torch.randn(channels, channels, 3, 3, generator=g, dtype=torch.float64) * (9 * channels) ** -0.5
-                for _ in range(2 * blocks)]
+    weights = [
+        torch.randn(channels, in_channels, 3, 3, generator=g, dtype=torch.float64) * (9 * in_channels) ** -0.5
+    ]
+    weights += [
+        torch.randn(channels, channels, 3, 3, generator=g, dtype=torch.float64) * (9 * channels) ** -0.5
+        for _ in range(2 * blocks)
+    ]
     biases = [torch.randn(channels, generator=g, dtype=torch.float64) * 0.1 for _ in weights]
     return weights, biases
 
@@ -106,9 +116,14 @@ def assert_layout_like_fake(out, like):
     """The op's output strides are its fake kernel's (torch.empty in suggest_memory_format(like)) along
     every dimension longer than 1, as torch's own fake-tensor checks compare them: the stride of a
     size-1 dimension never addresses memory, and C++'s and Python's format guesses differ there."""
-    ref = torch.empty(out.shape, dtype=out.dtype, device=out.device, memory_format=suggest_memory_format(like))
+    ref = torch.empty(
+        out.shape, dtype=out.dtype, device=out.device, memory_format=suggest_memory_format(like)
+    )
     significant = [d for d in range(out.dim()) if out.shape[d] > 1]
-    assert [out.stride(d) for d in significant] == [ref.stride(d) for d in significant], (out.stride(), ref.stride())
+    assert [out.stride(d) for d in significant] == [ref.stride(d) for d in significant], (
+        out.stride(),
+        ref.stride(),
+    )
 
 
 def fused_capable():

@@ -1,5 +1,6 @@
 """pytest hooks and fixtures: devices (every CUDA case carries the `cuda` marker), the CUDA trunk's
 paths, real-data locations. What tests import (tolerances, comparisons, inputs) is in _helpers.py."""
+
 import importlib.util
 from pathlib import Path
 
@@ -27,9 +28,15 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_runtest_setup(item):
     """With a GPU present, a build without CUDA kernels fails every CUDA test instead of skipping it."""
-    if item.get_closest_marker("cuda") is not None and torch.cuda.is_available() and not vsr_fast.build_info()["cuda"]:
-        pytest.fail("a CUDA GPU is present but vsr_fast was built without CUDA kernels "
-                    "(reinstall with VSR_FAST_CUDA=1)")
+    if (
+        item.get_closest_marker("cuda") is not None
+        and torch.cuda.is_available()
+        and not vsr_fast.build_info()["cuda"]
+    ):
+        pytest.fail(
+            "a CUDA GPU is present but vsr_fast was built without CUDA kernels "
+            "(reinstall with VSR_FAST_CUDA=1)"
+        )
 
 
 CUDA = pytest.param("cuda", marks=pytest.mark.cuda)
@@ -41,8 +48,10 @@ def device(request):
     return torch.device(request.param)
 
 
-@pytest.fixture(params=["cpu"] + [pytest.param(f"cuda-{impl}", marks=pytest.mark.cuda)
-                                  for impl in ("library", "fused", "auto")])
+@pytest.fixture(
+    params=["cpu"]
+    + [pytest.param(f"cuda-{impl}", marks=pytest.mark.cuda) for impl in ("library", "fused", "auto")]
+)
 def trunk_path(request, monkeypatch):
     """(device, impl): the CPU kernel, and the CUDA trunk once per VSR_FAST_TRUNK_IMPL path (impl None
     on CPU). `fused` is skipped below sm_80 (it has no kernel there) and, being forced, raises for

@@ -1,5 +1,6 @@
 """The installed extension is the one that was asked for, and every op csrc/ops.cpp defines has its
 kernels: CPU, CUDA in a CUDA build, a fake (Meta) kernel, and autograd for the public ops."""
+
 import os
 import re
 from pathlib import Path
@@ -21,7 +22,9 @@ def defined_ops():
 
 
 def registered_ops():
-    return sorted({s.name.split("::", 1)[1] for s in torch._C._jit_get_all_schemas() if s.name.startswith("vsr_fast::")})
+    return sorted(
+        {s.name.split("::", 1)[1] for s in torch._C._jit_get_all_schemas() if s.name.startswith("vsr_fast::")}
+    )
 
 
 def takes_tensors(name):
@@ -46,10 +49,13 @@ def test_every_op_has_its_kernels(name):
     assert has_kernel(name, "CPU"), f"vsr_fast::{name} has no CPU kernel"
     assert has_kernel(name, "CUDA") == vsr_fast.build_info()["cuda"], (
         f"vsr_fast::{name}: CUDA kernel registered = {has_kernel(name, 'CUDA')} in a build with "
-        f"cuda = {vsr_fast.build_info()['cuda']}")
+        f"cuda = {vsr_fast.build_info()['cuda']}"
+    )
     assert has_kernel(name, "Meta"), f"vsr_fast::{name} has no fake kernel (torch.library.register_fake)"
     if not name.startswith("_"):  # private backward ops are first-order only
-        assert has_kernel(name, "Autograd"), f"vsr_fast::{name} has no autograd (torch.library.register_autograd)"
+        assert has_kernel(name, "Autograd"), (
+            f"vsr_fast::{name} has no autograd (torch.library.register_autograd)"
+        )
 
 
 def test_requested_cuda_build_has_cuda_kernels():

@@ -1,4 +1,5 @@
 """vsr_fast.checkpoint: formats, conversion both ways, component files, all-or-nothing loading."""
+
 import copy
 import re
 from collections import OrderedDict
@@ -6,15 +7,21 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from vsr_fast.checkpoint import (CheckpointError, convert_state_dict, detect_format, load_checkpoint,
-                                 read_checkpoint)
+from vsr_fast.checkpoint import (
+    CheckpointError,
+    convert_state_dict,
+    detect_format,
+    load_checkpoint,
+    read_checkpoint,
+)
 from vsr_fast.reference import BasicVSR, EDVRFeatureExtractor, IconVSR, SPyNet
 
 
 def _random_sd(rows, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return OrderedDict((k, torch.randn(s, generator=g) if s else torch.randn((), generator=g))
-                       for k, s in rows)
+    return OrderedDict(
+        (k, torch.randn(s, generator=g) if s else torch.randn((), generator=g)) for k, s in rows
+    )
 
 
 def _small_basicvsr(seed=0):
@@ -37,16 +44,21 @@ def _same(model, snapshot):
 
 def _perturbed(sd, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return OrderedDict((k, v + torch.randn(v.shape, generator=g)) if v.is_floating_point() else (k, v)
-                       for k, v in sd.items())
+    return OrderedDict(
+        (k, v + torch.randn(v.shape, generator=g)) if v.is_floating_point() else (k, v) for k, v in sd.items()
+    )
 
 
 # --- conversion ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mm,bsr", [
-    ("mmagic_BasicVSRNet_c64b30", "basicsr_BasicVSR_f64b30"),
-    ("mmagic_IconVSRNet_c64b30_pad2", "basicsr_IconVSR_f64b30_pad2"),
-])
+
+@pytest.mark.parametrize(
+    "mm,bsr",
+    [
+        ("mmagic_BasicVSRNet_c64b30", "basicsr_BasicVSR_f64b30"),
+        ("mmagic_IconVSRNet_c64b30_pad2", "basicsr_IconVSR_f64b30_pad2"),
+    ],
+)
 def test_conversion_matches_official_key_lists_and_round_trips(spec_keys, mm, bsr):
     mm_rows, bsr_rows = spec_keys(mm), spec_keys(bsr)
     sd = _random_sd(mm_rows)
@@ -71,15 +83,23 @@ def test_conversion_of_component_files():
     assert list(convert_state_dict(bsr, to="mmagic")) == list(spynet)
     edvr = EDVRFeatureExtractor(mid_channels=8, num_frames=5, center_frame_idx=2).state_dict()
     bsr = convert_state_dict(edvr, to="basicsr")
-    for key in ("conv_l2_1.weight", "pcd_align.offset_conv3.l1.bias", "pcd_align.cas_dcnpack.conv_offset.weight",
-                "fusion.spatial_attn_add1.weight", "fusion.spatial_attn5.weight", "fusion.temporal_attn1.bias"):
+    for key in (
+        "conv_l2_1.weight",
+        "pcd_align.offset_conv3.l1.bias",
+        "pcd_align.cas_dcnpack.conv_offset.weight",
+        "fusion.spatial_attn_add1.weight",
+        "fusion.spatial_attn5.weight",
+        "fusion.temporal_attn1.bias",
+    ):
         assert key in bsr, key
     assert not any(".conv." in k for k in bsr)
     assert list(convert_state_dict(bsr, to="mmagic")) == list(edvr)
 
 
 def test_mixed_naming_is_refused():
-    sd = OrderedDict([("backward_resblocks.main.0.weight", torch.zeros(1)), ("upconv1.weight", torch.zeros(1))])
+    sd = OrderedDict(
+        [("backward_resblocks.main.0.weight", torch.zeros(1)), ("upconv1.weight", torch.zeros(1))]
+    )
     with pytest.raises(CheckpointError, match="mixes"):
         convert_state_dict(sd, to="basicsr")
     with pytest.raises(ValueError, match="to must be"):
@@ -87,6 +107,7 @@ def test_mixed_naming_is_refused():
 
 
 # --- format detection ---------------------------------------------------------------------------
+
 
 def test_detect_format():
     mm = BasicVSR(mid_channels=8, num_blocks=1).state_dict()
@@ -96,9 +117,13 @@ def test_detect_format():
     f = detect_format({"params": bsr, "params_ema": bsr})
     assert (f.container, f.naming, f.content, f.key) == ("basicsr", "basicsr", "basicvsr", "params")
     assert detect_format({"params": bsr, "params_ema": bsr}, key="ema").key == "params_ema"
-    runner = {"meta": {}, "state_dict": OrderedDict(
-        [(f"generator.{k}", v) for k, v in IconVSR(mid_channels=8, num_blocks=1).state_dict().items()]
-        + [("step_counter", torch.zeros(1))])}
+    runner = {
+        "meta": {},
+        "state_dict": OrderedDict(
+            [(f"generator.{k}", v) for k, v in IconVSR(mid_channels=8, num_blocks=1).state_dict().items()]
+            + [("step_counter", torch.zeros(1))]
+        ),
+    }
     f = detect_format(runner)
     assert (f.container, f.naming, f.content, f.key) == ("mmagic_runner", "mmagic", "iconvsr", "generator")
     assert "mmagic runner checkpoint" in str(f) and "IconVSR" in str(f)
@@ -111,6 +136,7 @@ def test_detect_format():
 
 # --- loading ------------------------------------------------------------------------------------
 
+
 def test_mmagic_runner_checkpoint_with_prefix_and_step_counter_loads(tmp_path):
     src = _small_basicvsr(1)
     ema = _perturbed(src.state_dict())
@@ -119,7 +145,8 @@ def test_mmagic_runner_checkpoint_with_prefix_and_step_counter_loads(tmp_path):
         "state_dict": OrderedDict(
             [(f"generator.{k}", v) for k, v in src.state_dict().items()]
             + [(f"generator_ema.{k}", v) for k, v in ema.items()]
-            + [("step_counter", torch.tensor([300000.0]))]),
+            + [("step_counter", torch.tensor([300000.0]))]
+        ),
     }
     path = tmp_path / "basicvsr_runner.pth"
     torch.save(runner, path)
@@ -169,8 +196,9 @@ def test_missing_key_raises_and_leaves_the_model_untouched(tmp_path):
     result = load_checkpoint(dst, path, strict=False)
     assert result.missing_keys == ["backward_resblocks.main.2.0.conv1.weight"]
     assert torch.equal(dst.conv_last.weight, src.conv_last.weight)
-    assert torch.equal(dst.backward_resblocks.main[2][0].conv1.weight,
-                       before["backward_resblocks.main.2.0.conv1.weight"])
+    assert torch.equal(
+        dst.backward_resblocks.main[2][0].conv1.weight, before["backward_resblocks.main.2.0.conv1.weight"]
+    )
 
 
 def test_unexpected_and_mismatched_keys_are_named():
@@ -186,7 +214,9 @@ def test_unexpected_and_mismatched_keys_are_named():
     dst = _small_basicvsr(2)
     wrong = OrderedDict(src)
     wrong["fusion.weight"] = torch.zeros(8, 16, 3, 3)
-    with pytest.raises(CheckpointError, match=r"fusion\.weight: checkpoint \(8, 16, 3, 3\) vs model \(8, 16, 1, 1\)"):
+    with pytest.raises(
+        CheckpointError, match=r"fusion\.weight: checkpoint \(8, 16, 3, 3\) vs model \(8, 16, 1, 1\)"
+    ):
         load_checkpoint(dst, wrong, strict=False)  # shapes are checked even when not strict
     assert _same(dst, before)
 
@@ -218,7 +248,7 @@ def test_spynet_component_files_in_both_namings(tmp_path):
         assert result.format.content == "spynet"
         for k, v in model.state_dict().items():
             if k.startswith("spynet."):
-                assert torch.equal(v, spy[k[len("spynet."):]]), k
+                assert torch.equal(v, spy[k[len("spynet.") :]]), k
             else:
                 assert torch.equal(v, before[k]), k  # the rest of the model is left alone
         bare = SPyNet()
@@ -238,7 +268,7 @@ def test_edvr_component_files_in_both_namings(tmp_path):
         before = _snapshot(model)
         assert load_checkpoint(model, file).format.content == "edvr"
         for k, v in model.state_dict().items():
-            expected = edvr[k[len("edvr."):]] if k.startswith("edvr.") else before[k]
+            expected = edvr[k[len("edvr.") :]] if k.startswith("edvr.") else before[k]
             assert torch.equal(v, expected), k
         bare = EDVRFeatureExtractor(mid_channels=8, num_frames=5, center_frame_idx=2)
         load_checkpoint(bare, file)

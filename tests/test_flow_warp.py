@@ -1,4 +1,5 @@
 """vsr_fast::flow_warp against the reference (mmagic maths), on CPU and, where present, CUDA."""
+
 import itertools
 import math
 
@@ -21,8 +22,15 @@ from vsr_fast.ops.flow_warp import INTERPOLATION, PADDING_MODE
 
 MODES = list(itertools.product(["bilinear", "nearest"], ["zeros", "border"], [True, False]))
 SHAPES = [  # (N, C, H, W)
-    (0, 3, 5, 7), (2, 0, 5, 7), (1, 1, 1, 1), (1, 3, 1, 9), (1, 3, 8, 1), (2, 3, 5, 7),
-    (1, 64, 17, 23), (3, 1, 11, 4), (1, 64, 32, 48),
+    (0, 3, 5, 7),
+    (2, 0, 5, 7),
+    (1, 1, 1, 1),
+    (1, 3, 1, 9),
+    (1, 3, 8, 1),
+    (2, 3, 5, 7),
+    (1, 64, 17, 23),
+    (3, 1, 11, 4),
+    (1, 64, 32, 48),
 ]
 
 
@@ -31,7 +39,8 @@ def make_inputs(shape, device, dtype=torch.float64, flow_dtype=None, scale=3.0, 
     n, c, h, w = shape
     x = torch.rand(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     flow = (torch.randn(n, h, w, 2, generator=g, dtype=torch.float64) * scale).to(
-        device=device, dtype=flow_dtype or dtype)
+        device=device, dtype=flow_dtype or dtype
+    )
     return x, flow
 
 
@@ -121,14 +130,27 @@ def test_large_flows_leave_the_image(device):
 def test_positions_exactly_on_the_border(device, dtype, padding_mode, align_corners):
     h, w = 5, 6
     x, _ = make_inputs((1, 3, h, w), device, dtype)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
-    for tx, ty in [(-1.0, 0.0), (0.0, -1.0), (w - 1.0, h - 1.0), (float(w), 2.0), (2.0, float(h)),
-                   (-0.5, h - 0.5), (w - 0.5, -0.5), (-1.0, -1.0)]:
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
+    for tx, ty in [
+        (-1.0, 0.0),
+        (0.0, -1.0),
+        (w - 1.0, h - 1.0),
+        (float(w), 2.0),
+        (2.0, float(h)),
+        (-0.5, h - 0.5),
+        (w - 0.5, -0.5),
+        (-1.0, -1.0),
+    ]:
         flow = torch.stack((tx - xs, ty - ys), -1)[None].to(device=device, dtype=dtype)
         out = vsr_fast.flow_warp(x, flow, "bilinear", padding_mode, align_corners)
-        torch.testing.assert_close(out.double(), ref64(x, flow, "bilinear", padding_mode, align_corners),
-                                   atol=TOLERANCE[tolerance_of(dtype)], rtol=0)
+        torch.testing.assert_close(
+            out.double(),
+            ref64(x, flow, "bilinear", padding_mode, align_corners),
+            atol=TOLERANCE[tolerance_of(dtype)],
+            rtol=0,
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -178,15 +200,18 @@ def test_every_output_element_is_written(device, dtype, channels_last):
     element they forget to write stays NaN. CUDA's grad_x (atomics) is not allowed in the
     deterministic mode the poisoning uses, so there only the flow gradient is checked; it is zeroed
     before its scatter anyway."""
-    x, flow = make_inputs((1, 64, 31, 45), device, dtype, flow_dtype=torch.float32 if dtype == torch.float16 else None)
+    x, flow = make_inputs(
+        (1, 64, 31, 45), device, dtype, flow_dtype=torch.float32 if dtype == torch.float16 else None
+    )
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     grad = torch.ones_like(x)
     need_x = device.type == "cpu"
     with poisoned_allocations():
         out = vsr_fast.flow_warp(x, flow)
-        grad_x, grad_flow = torch.ops.vsr_fast._flow_warp_backward(grad, x, flow, BILINEAR, ZEROS, True,
-                                                                   [need_x, True])
+        grad_x, grad_flow = torch.ops.vsr_fast._flow_warp_backward(
+            grad, x, flow, BILINEAR, ZEROS, True, [need_x, True]
+        )
     assert not out.isnan().any()
     assert not grad_flow.isnan().any()
     assert not (need_x and grad_x.isnan().any())
@@ -233,11 +258,20 @@ def test_gradients_in_lower_precision(device, dtype):
 def _off_grid_flow(h, w, align_corners, seed):
     """Flows whose sampling positions keep >= 0.1 px from pixel grid lines and from the borders."""
     g = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
     # target positions: an integer cell inside [-1, size) plus a fraction in [0.1, 0.9]
-    tx = torch.randint(-1, w, (h, w), generator=g) + 0.1 + 0.8 * torch.rand(h, w, generator=g, dtype=torch.float64)
-    ty = torch.randint(-1, h, (h, w), generator=g) + 0.1 + 0.8 * torch.rand(h, w, generator=g, dtype=torch.float64)
+    tx = (
+        torch.randint(-1, w, (h, w), generator=g)
+        + 0.1
+        + 0.8 * torch.rand(h, w, generator=g, dtype=torch.float64)
+    )
+    ty = (
+        torch.randint(-1, h, (h, w), generator=g)
+        + 0.1
+        + 0.8 * torch.rand(h, w, generator=g, dtype=torch.float64)
+    )
     if align_corners:
         return torch.stack((tx - xs, ty - ys), -1)[None]
     # invert position = (pos + flow) * size / (size - 1) - 0.5
@@ -272,18 +306,29 @@ def test_backward_respects_output_mask(device):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_opcheck(device, dtype):
-    x, flow = make_inputs((2, 3, 5, 7), device, dtype, flow_dtype=torch.float32 if dtype in (
-        torch.float16, torch.bfloat16) else dtype)
+    x, flow = make_inputs(
+        (2, 3, 5, 7),
+        device,
+        dtype,
+        flow_dtype=torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype,
+    )
     x.requires_grad_(dtype in (torch.float64, torch.float32))
     flow.requires_grad_(dtype in (torch.float64, torch.float32))
-    for args in [(x, flow, BILINEAR, ZEROS, True), (x, flow, NEAREST, BORDER, False),
-                 (x.contiguous(memory_format=torch.channels_last), flow, BILINEAR, BORDER, True)]:
+    for args in [
+        (x, flow, BILINEAR, ZEROS, True),
+        (x, flow, NEAREST, BORDER, False),
+        (x.contiguous(memory_format=torch.channels_last), flow, BILINEAR, BORDER, True),
+    ]:
         torch.library.opcheck(torch.ops.vsr_fast.flow_warp.default, args)
     g = torch.randn_like(x.detach())
-    torch.library.opcheck(torch.ops.vsr_fast._flow_warp_backward.default,
-                          (g, x.detach(), flow.detach(), BILINEAR, ZEROS, True, [True, True]))
-    torch.library.opcheck(torch.ops.vsr_fast._flow_warp_backward.default,
-                          (g, x.detach(), flow.detach(), BILINEAR, BORDER, False, [False, True]))
+    torch.library.opcheck(
+        torch.ops.vsr_fast._flow_warp_backward.default,
+        (g, x.detach(), flow.detach(), BILINEAR, ZEROS, True, [True, True]),
+    )
+    torch.library.opcheck(
+        torch.ops.vsr_fast._flow_warp_backward.default,
+        (g, x.detach(), flow.detach(), BILINEAR, BORDER, False, [False, True]),
+    )
 
 
 def test_torch_compile_forward_and_backward(device):
@@ -302,18 +347,41 @@ def test_torch_compile_forward_and_backward(device):
     assert_close_scaled(fr.grad, fe.grad, "float32")
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda d: (torch.rand(3, 5, 7, device=d), torch.rand(1, 5, 7, 2, device=d)), r"expected x \[N, C, H, W\]"),
-    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 5, 7, device=d)), r"expected flow \[N, H, W, 2\]"),
-    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 5, 8, 2, device=d)), r"\[1, 5, 8, 2\]"),
-    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(2, 5, 7, 2, device=d)), r"\[2, 5, 7, 2\]"),
-    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 6, 7, 2, device=d)), r"\[1, 6, 7, 2\]"),
-    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 5, 7, 3, device=d)), r"\[1, 5, 7, 3\]"),
-    (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 5, 7, 2, device=d, dtype=torch.float64)), "dtype"),
-    (lambda d: (torch.rand(1, 3, 5, 7, device=d, dtype=torch.float16),
-                torch.rand(1, 5, 7, 2, device=d, dtype=torch.bfloat16)), "dtype"),
-    (lambda d: (torch.ones(1, 3, 5, 7, device=d, dtype=torch.int32), torch.rand(1, 5, 7, 2, device=d)), "floating"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            lambda d: (torch.rand(3, 5, 7, device=d), torch.rand(1, 5, 7, 2, device=d)),
+            r"expected x \[N, C, H, W\]",
+        ),
+        (
+            lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 5, 7, device=d)),
+            r"expected flow \[N, H, W, 2\]",
+        ),
+        (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 5, 8, 2, device=d)), r"\[1, 5, 8, 2\]"),
+        (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(2, 5, 7, 2, device=d)), r"\[2, 5, 7, 2\]"),
+        (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 6, 7, 2, device=d)), r"\[1, 6, 7, 2\]"),
+        (lambda d: (torch.rand(1, 3, 5, 7, device=d), torch.rand(1, 5, 7, 3, device=d)), r"\[1, 5, 7, 3\]"),
+        (
+            lambda d: (
+                torch.rand(1, 3, 5, 7, device=d),
+                torch.rand(1, 5, 7, 2, device=d, dtype=torch.float64),
+            ),
+            "dtype",
+        ),
+        (
+            lambda d: (
+                torch.rand(1, 3, 5, 7, device=d, dtype=torch.float16),
+                torch.rand(1, 5, 7, 2, device=d, dtype=torch.bfloat16),
+            ),
+            "dtype",
+        ),
+        (
+            lambda d: (torch.ones(1, 3, 5, 7, device=d, dtype=torch.int32), torch.rand(1, 5, 7, 2, device=d)),
+            "floating",
+        ),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(device, bad, message):
     x, flow = bad(device)
     with pytest.raises(RuntimeError, match="vsr_fast::flow_warp") as info:

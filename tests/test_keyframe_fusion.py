@@ -1,4 +1,5 @@
 """vsr_fast::keyframe_fusion against IconVSR's fusion conv (reference: conv over the concatenation)."""
+
 import pytest
 import torch
 from _helpers import TOLERANCE, assert_gradcheck, poisoned_allocations
@@ -31,14 +32,22 @@ def test_is_iconvsr_fusion_conv():
     state, refill, _, _ = inputs("cpu", c=16)
     with torch.no_grad():
         expected = model.backward_fusion(torch.cat([state, refill], 1))
-        out = vsr_fast.keyframe_fusion(state, refill, model.backward_fusion.weight, model.backward_fusion.bias)
+        out = vsr_fast.keyframe_fusion(
+            state, refill, model.backward_fusion.weight, model.backward_fusion.bias
+        )
     torch.testing.assert_close(out, expected, atol=TOLERANCE["float32_chain"], rtol=0)
 
 
 def test_float64_and_gradcheck(device):
-    state, refill, weight, bias = (t.requires_grad_() for t in inputs(device, torch.float64, n=1, c=2, h=4, w=5))
-    torch.testing.assert_close(vsr_fast.keyframe_fusion(state, refill, weight, bias),
-                               reference.keyframe_fusion(state, refill, weight, bias), atol=TOLERANCE["float64"], rtol=0)
+    state, refill, weight, bias = (
+        t.requires_grad_() for t in inputs(device, torch.float64, n=1, c=2, h=4, w=5)
+    )
+    torch.testing.assert_close(
+        vsr_fast.keyframe_fusion(state, refill, weight, bias),
+        reference.keyframe_fusion(state, refill, weight, bias),
+        atol=TOLERANCE["float64"],
+        rtol=0,
+    )
     assert_gradcheck(vsr_fast.keyframe_fusion, (state, refill, weight, bias))
 
 
@@ -57,15 +66,20 @@ def test_weight_updates_are_seen(device):
     vsr_fast.keyframe_fusion(state, refill, weight, bias)
     with torch.no_grad():
         weight[:, 16:].mul_(3.0)  # only the refill half, which the CPU path packs separately
-    torch.testing.assert_close(vsr_fast.keyframe_fusion(state, refill, weight, bias).double(),
-                               reference.keyframe_fusion(*(t.double() for t in (state, refill, weight, bias))),
-                               atol=TOLERANCE["float32_chain"], rtol=0)
+    torch.testing.assert_close(
+        vsr_fast.keyframe_fusion(state, refill, weight, bias).double(),
+        reference.keyframe_fusion(*(t.double() for t in (state, refill, weight, bias))),
+        atol=TOLERANCE["float32_chain"],
+        rtol=0,
+    )
 
 
 def test_opcheck_and_errors(device):
     state, refill, weight, bias = inputs(device, n=1, c=4, h=5, w=6)
-    torch.library.opcheck(torch.ops.vsr_fast.keyframe_fusion.default,
-                          (state.requires_grad_(), refill, weight.requires_grad_(), bias))
+    torch.library.opcheck(
+        torch.ops.vsr_fast.keyframe_fusion.default,
+        (state.requires_grad_(), refill, weight.requires_grad_(), bias),
+    )
     with pytest.raises(RuntimeError, match=r"vsr_fast::keyframe_fusion: expected state .* of one size"):
         vsr_fast.keyframe_fusion(state, refill[..., :5], weight, bias)
     with pytest.raises(RuntimeError, match=r"vsr_fast::keyframe_fusion: weights\[0\] must be \[4, 8, 3, 3\]"):

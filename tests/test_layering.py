@@ -1,5 +1,6 @@
 """vsr_fast's layers import downward only (docs/design.md, "Layers"): every import in the package's
 source, at module level or inside a function, names a layer at or below the importer's."""
+
 import ast
 from pathlib import Path
 
@@ -55,8 +56,9 @@ SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py
 
 def test_every_module_is_in_a_layer():
     unplaced = sorted({layer_of(p) for p in SOURCES} - RANK.keys())
-    assert not unplaced, (f"vsr_fast modules in no layer: {unplaced}; add them to LAYERS here and to "
-                          "docs/design.md, \"Layers\"")
+    assert not unplaced, (
+        f'vsr_fast modules in no layer: {unplaced}; add them to LAYERS here and to docs/design.md, "Layers"'
+    )
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -64,6 +66,7 @@ def test_imports_go_downward(path):
     own = layer_of(path)
     if own not in RANK:
         pytest.fail(f"{path.relative_to(PACKAGE)} is in no layer (test_every_module_is_in_a_layer)")
-    upward = [(line, layer) for line, layer in imported_layers(path)
-              if layer in RANK and RANK[layer] > RANK[own]]
+    upward = [
+        (line, layer) for line, layer in imported_layers(path) if layer in RANK and RANK[layer] > RANK[own]
+    ]
     assert not upward, f"{path.relative_to(PACKAGE)} ({own}) imports layers above it: {upward}"

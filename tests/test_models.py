@@ -1,4 +1,5 @@
 """The fast drop-in models (vsr_fast.BasicVSR / IconVSR) against the reference models."""
+
 import warnings
 
 import pytest
@@ -17,20 +18,27 @@ def pair(fast_cls, ref_cls, seed=0, **kwargs):
     return fast, ref
 
 
-@pytest.mark.parametrize("fast_cls, ref_cls, kwargs", [
-    (vsr_fast.BasicVSR, reference.BasicVSR, {}),
-    (vsr_fast.IconVSR, reference.IconVSR, {"padding": 3}),
-])
+@pytest.mark.parametrize(
+    "fast_cls, ref_cls, kwargs",
+    [
+        (vsr_fast.BasicVSR, reference.BasicVSR, {}),
+        (vsr_fast.IconVSR, reference.IconVSR, {"padding": 3}),
+    ],
+)
 def test_same_constructor_and_state_dict_keys(fast_cls, ref_cls, kwargs):
     fast, ref = fast_cls(**kwargs), ref_cls(**kwargs)
-    assert [(k, v.shape) for k, v in fast.state_dict().items()] == \
-           [(k, v.shape) for k, v in ref.state_dict().items()]
+    assert [(k, v.shape) for k, v in fast.state_dict().items()] == [
+        (k, v.shape) for k, v in ref.state_dict().items()
+    ]
 
 
-@pytest.mark.parametrize("fast_cls, ref_cls, kwargs, frames", [
-    (vsr_fast.BasicVSR, reference.BasicVSR, dict(mid_channels=16, num_blocks=2), 5),
-    (vsr_fast.IconVSR, reference.IconVSR, dict(mid_channels=16, num_blocks=2, padding=2), 6),
-])
+@pytest.mark.parametrize(
+    "fast_cls, ref_cls, kwargs, frames",
+    [
+        (vsr_fast.BasicVSR, reference.BasicVSR, dict(mid_channels=16, num_blocks=2), 5),
+        (vsr_fast.IconVSR, reference.IconVSR, dict(mid_channels=16, num_blocks=2, padding=2), 6),
+    ],
+)
 @pytest.mark.parametrize("mirrored", [False, True])
 def test_outputs_match_the_reference(fast_cls, ref_cls, kwargs, frames, mirrored):
     fast, ref = pair(fast_cls, ref_cls, **kwargs)

@@ -1,6 +1,7 @@
 """vsr_fast::propagation_step (warp + concat + trunk in one op) against the reference step
 (vsr_fast.reference.propagation_step and the reference models' step methods), on CPU and on each
 CUDA trunk path."""
+
 import copy
 
 import pytest
@@ -50,8 +51,12 @@ def test_matches_the_reference_step(trunk_path, dtype, with_feature, state_kind)
     lr, feature, state, flow = step_inputs(2, c, 13, 21, with_feature, state_kind, seed=3)
     weights, biases = make_trunk(3 + c + (c if with_feature else 0), c, blocks=2)
     expected = reference.propagation_step(lr, feature, state, flow, weights, biases)
-    args = (*to([lr, feature, state], device, dtype), *to([flow], device, flow_dtype_for(dtype)),
-            to(weights, device, dtype), to(biases, device, dtype))
+    args = (
+        *to([lr, feature, state], device, dtype),
+        *to([flow], device, flow_dtype_for(dtype)),
+        to(weights, device, dtype),
+        to(biases, device, dtype),
+    )
     out = vsr_fast.propagation_step(*args)
     assert_layout_like_fake(out, args[0])
     if dtype == torch.float32:
@@ -68,8 +73,9 @@ def test_is_the_reference_basicvsr_step(device):
     state = image((1, 16, 12, 14), seed=7, dtype=torch.float32).to(device)
     flow = torch.randn(1, 2, 12, 14, generator=torch.Generator().manual_seed(8)).to(device)
     with torch.no_grad():
-        out = vsr_fast.propagation_step(lr, None, state, flow.permute(0, 2, 3, 1),
-                                        *trunk_parameters(model.backward_resblocks))
+        out = vsr_fast.propagation_step(
+            lr, None, state, flow.permute(0, 2, 3, 1), *trunk_parameters(model.backward_resblocks)
+        )
         model64 = copy.deepcopy(model).double()
         expected = model64.backward_step(lr.double(), state.double(), flow.double())
     assert_close(out.cpu(), expected.cpu(), "float32_chain")
@@ -110,8 +116,11 @@ def test_every_output_element_is_written(device, state_kind):
     c = 16
     lr, feature, state, flow = step_inputs(2, c, 9, 13, True, state_kind, seed=5)
     weights, biases = make_trunk(3 + 2 * c, c, blocks=1)
-    args = (*to([lr, feature, state, flow], device, torch.float32), to(weights, device, torch.float32),
-            to(biases, device, torch.float32))
+    args = (
+        *to([lr, feature, state, flow], device, torch.float32),
+        to(weights, device, torch.float32),
+        to(biases, device, torch.float32),
+    )
     with poisoned_allocations():
         out = vsr_fast.propagation_step(*args)
     assert torch.isfinite(out).all()
@@ -124,8 +133,11 @@ def test_gradcheck_float64():
     state = image((1, 2, 4, 5), seed=10).requires_grad_()
     # sample points 0.1 .. 0.9 px off the pixel grid, where bilinear warping is differentiable
     g = torch.Generator().manual_seed(11)
-    flow = torch.randint(-1, 2, (1, 4, 5, 2), generator=g) + 0.1 + 0.8 * torch.rand(
-        1, 4, 5, 2, generator=g, dtype=torch.float64)
+    flow = (
+        torch.randint(-1, 2, (1, 4, 5, 2), generator=g)
+        + 0.1
+        + 0.8 * torch.rand(1, 4, 5, 2, generator=g, dtype=torch.float64)
+    )
     flow.requires_grad_()
     params = [t.requires_grad_() for t in weights + biases]
 
@@ -141,7 +153,10 @@ def test_gradients_match_the_reference_modules(device):
     torch.manual_seed(12)
     trunk = reference.ResidualBlocksWithInputConv(19, 16, num_blocks=2)
     g = torch.Generator().manual_seed(13)
-    lr, state = image((1, 3, 10, 11), dtype=torch.float32), image((1, 16, 10, 11), seed=12, dtype=torch.float32)
+    lr, state = (
+        image((1, 3, 10, 11), dtype=torch.float32),
+        image((1, 16, 10, 11), seed=12, dtype=torch.float32),
+    )
     flow = torch.randn(1, 10, 11, 2, generator=g) * 1.5
     grad = torch.randn(1, 16, 10, 11, generator=g)
 
@@ -180,7 +195,9 @@ def test_opcheck(trunk_path, dtype):
 
 def test_torch_compile_fullgraph(device):
     weights, biases = (to(p, device, torch.float32) for p in make_trunk(19, 16, blocks=1))
-    lr, state = (image(s, seed=i, dtype=torch.float32).to(device) for i, s in enumerate([(1, 3, 8, 9), (1, 16, 8, 9)]))
+    lr, state = (
+        image(s, seed=i, dtype=torch.float32).to(device) for i, s in enumerate([(1, 3, 8, 9), (1, 16, 8, 9)])
+    )
     flow = torch.randn(1, 8, 9, 2, generator=torch.Generator().manual_seed(3)).to(device)
 
     def step(lr, state, flow):
@@ -190,17 +207,33 @@ def test_torch_compile_fullgraph(device):
     torch.testing.assert_close(compiled(lr, state, flow), step(lr, state, flow), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda w, b: vsr_fast.propagation_step(torch.rand(1, 3, 6, 7), None, torch.rand(1, 8, 6, 8), None, w, b),
-     r"expected state \[N, \*, H, W\] matching lr"),
-    (lambda w, b: vsr_fast.propagation_step(torch.rand(1, 3, 6, 7), None, None, torch.rand(1, 6, 7, 2), w, b),
-     "a flow needs a state"),
-    (lambda w, b: vsr_fast.propagation_step(torch.rand(1, 3, 6, 7), None, torch.rand(1, 8, 6, 7),
-                                            torch.rand(1, 6, 8, 2), w, b),
-     r"expected flow \[N, H, W, 2\] matching lr"),
-    (lambda w, b: vsr_fast.propagation_step(torch.rand(1, 3, 6, 7), None, None, None, w, b),
-     r"weights\[0\] must be \[8, 11, 3, 3\], got \[8, 12, 3, 3\]"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda w, b: vsr_fast.propagation_step(
+                torch.rand(1, 3, 6, 7), None, torch.rand(1, 8, 6, 8), None, w, b
+            ),
+            r"expected state \[N, \*, H, W\] matching lr",
+        ),
+        (
+            lambda w, b: vsr_fast.propagation_step(
+                torch.rand(1, 3, 6, 7), None, None, torch.rand(1, 6, 7, 2), w, b
+            ),
+            "a flow needs a state",
+        ),
+        (
+            lambda w, b: vsr_fast.propagation_step(
+                torch.rand(1, 3, 6, 7), None, torch.rand(1, 8, 6, 7), torch.rand(1, 6, 8, 2), w, b
+            ),
+            r"expected flow \[N, H, W, 2\] matching lr",
+        ),
+        (
+            lambda w, b: vsr_fast.propagation_step(torch.rand(1, 3, 6, 7), None, None, None, w, b),
+            r"weights\[0\] must be \[8, 11, 3, 3\], got \[8, 12, 3, 3\]",
+        ),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(call, message):
     weights, biases = make_trunk(12, 8, blocks=1)
     with pytest.raises(RuntimeError, match="vsr_fast::propagation_step") as info:
@@ -216,7 +249,9 @@ def test_bad_inputs_raise_clear_errors(call, message):
 @pytest.mark.parametrize("impl", ["library", "fused", "auto"])
 def test_cuda_graph_replay_equals_eager(monkeypatch, impl, dtype):
     if impl == "fused" and not (fused_capable() and dtype in LOWP):
-        pytest.skip("forced fused needs sm_80+ and rejects float32 (tests/test_residual_trunk.py checks the error)")
+        pytest.skip(
+            "forced fused needs sm_80+ and rejects float32 (tests/test_residual_trunk.py checks the error)"
+        )
     monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", impl)
     weights, biases = make_trunk(3 + 64, 64, blocks=2)
     wl, bl = to(weights, "cuda", dtype), to(biases, "cuda", dtype)

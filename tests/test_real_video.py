@@ -4,6 +4,7 @@ The PSNR test is the end-to-end check that the reference is the published networ
 order, flow direction and interpolation mode has to be right for the official weights to beat bicubic
 by the margin they do. Negative controls show the threshold is one a broken model does not reach.
 """
+
 import copy
 
 import numpy as np
@@ -37,7 +38,7 @@ def hr_frames(bigbuckbunny_path):
         for i, frame in enumerate(container.decode(video=0)):
             if i >= FIRST_FRAME:
                 rgb = frame.to_ndarray(format="rgb24")
-                frames.append(rgb[CROP_Y:CROP_Y + CROP, CROP_X:CROP_X + CROP])
+                frames.append(rgb[CROP_Y : CROP_Y + CROP, CROP_X : CROP_X + CROP])
             if len(frames) == NUM_FRAMES:
                 break
     assert len(frames) == NUM_FRAMES, "bigbuckbunny.mp4 is shorter than expected"

@@ -1,4 +1,5 @@
 """Reference BasicVSR: keys, sizes, shapes, precision, mirror shortcut."""
+
 import copy
 import warnings
 
@@ -7,8 +8,14 @@ import torch
 from _helpers import assert_close
 
 from vsr_fast.ops import trunk_parameters
-from vsr_fast.reference import (BasicVSR, PixelShufflePack, ResidualBlockNoBN, ResidualBlocksWithInputConv,
-                                propagation_step, residual_trunk)
+from vsr_fast.reference import (
+    BasicVSR,
+    PixelShufflePack,
+    ResidualBlockNoBN,
+    ResidualBlocksWithInputConv,
+    propagation_step,
+    residual_trunk,
+)
 
 
 def _state_shapes(model):
@@ -154,13 +161,17 @@ def test_functional_trunk_and_step_are_the_model_s():
     state = torch.rand(2, 16, 24, 28, generator=g, dtype=torch.float64) * 2 - 1
     flow = torch.randn(2, 2, 24, 28, generator=g, dtype=torch.float64) * 3
     zero = torch.zeros_like(state)
-    for trunk, step in ((model.backward_resblocks, model.backward_step),
-                        (model.forward_resblocks, model.forward_step)):
+    for trunk, step in (
+        (model.backward_resblocks, model.backward_step),
+        (model.forward_resblocks, model.forward_step),
+    ):
         weights, biases = trunk_parameters(trunk)
         with torch.no_grad():
             x = torch.cat([lr, state], 1)
             assert torch.equal(residual_trunk(x, weights, biases), trunk(x))
-            assert torch.equal(propagation_step(lr, None, state, flow.permute(0, 2, 3, 1), weights, biases),
-                               step(lr, state, flow))
+            assert torch.equal(
+                propagation_step(lr, None, state, flow.permute(0, 2, 3, 1), weights, biases),
+                step(lr, state, flow),
+            )
             assert torch.equal(propagation_step(lr, None, state, None, weights, biases), step(lr, state))
             assert torch.equal(propagation_step(lr, None, None, None, weights, biases), step(lr, zero))

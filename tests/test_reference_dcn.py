@@ -1,4 +1,5 @@
 """Reference DCNv2: layout, sampling rule, and the plain-conv special case."""
+
 import math
 
 import pytest
@@ -25,8 +26,18 @@ def _loop_dcn(x, offset, mask, weight, bias, stride, padding, dilation, groups):
                     for i in range(kh):
                         for j in range(kw):
                             k = i * kw + j
-                            py = oy * stride - padding + i * dilation + offset[b, 2 * (g * kh * kw + k), oy, ox].item()
-                            px = ox * stride - padding + j * dilation + offset[b, 2 * (g * kh * kw + k) + 1, oy, ox].item()
+                            py = (
+                                oy * stride
+                                - padding
+                                + i * dilation
+                                + offset[b, 2 * (g * kh * kw + k), oy, ox].item()
+                            )
+                            px = (
+                                ox * stride
+                                - padding
+                                + j * dilation
+                                + offset[b, 2 * (g * kh * kw + k) + 1, oy, ox].item()
+                            )
                             val = 0.0
                             if -1 < py < h and -1 < px < w:
                                 y0, x0 = math.floor(py), math.floor(px)
@@ -40,9 +51,16 @@ def _loop_dcn(x, offset, mask, weight, bias, stride, padding, dilation, groups):
     return out
 
 
-@pytest.mark.parametrize("stride,padding,dilation,groups", [
-    (1, 1, 1, 1), (1, 1, 1, 4), (2, 1, 1, 2), (1, 2, 2, 8), (1, 0, 1, 1),
-])
+@pytest.mark.parametrize(
+    "stride,padding,dilation,groups",
+    [
+        (1, 1, 1, 1),
+        (1, 1, 1, 4),
+        (2, 1, 1, 2),
+        (1, 2, 2, 8),
+        (1, 0, 1, 1),
+    ],
+)
 def test_zero_offset_unit_mask_is_conv2d(stride, padding, dilation, groups):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 9, 11, generator=g, dtype=torch.float64)
@@ -74,8 +92,9 @@ def test_against_direct_loop_with_fractional_and_outside_offsets():
     ref = _loop_dcn(x, offset, mask, weight, bias, 1, 1, 1, groups)
     torch.testing.assert_close(out, ref, rtol=0, atol=TOLERANCE["float64"])
     # float32 follows the same maths
-    out32 = modulated_deform_conv2d(x.float(), offset.float(), mask.float(), weight.float(), bias.float(),
-                                    1, 1, 1, groups)
+    out32 = modulated_deform_conv2d(
+        x.float(), offset.float(), mask.float(), weight.float(), bias.float(), 1, 1, 1, groups
+    )
     torch.testing.assert_close(out32.double(), ref, rtol=0, atol=TOLERANCE["float32"])
 
 
@@ -90,14 +109,19 @@ def test_offset_channel_order_is_dy_then_dx():
     shifted = F.pad(x[..., 1:], [0, 1])
     out = modulated_deform_conv2d(x, offset, mask, weight, None, deform_groups=8)
     # column 0 differs: the deformed taps there still see x[..., 0], the shifted conv sees padding
-    torch.testing.assert_close(out[..., 1:], F.conv2d(shifted, weight, None, 1, 1)[..., 1:],
-                               rtol=0, atol=TOLERANCE["float64"])
+    torch.testing.assert_close(
+        out[..., 1:], F.conv2d(shifted, weight, None, 1, 1)[..., 1:], rtol=0, atol=TOLERANCE["float64"]
+    )
     offset = torch.zeros_like(offset)
     offset[:, 0::2] = -1.0  # up one pixel
     shifted = F.pad(x[..., :-1, :], [0, 0, 1, 0])
     out = modulated_deform_conv2d(x, offset, mask, weight, None, deform_groups=8)
-    torch.testing.assert_close(out[..., :-1, :], F.conv2d(shifted, weight, None, 1, 1)[..., :-1, :],
-                               rtol=0, atol=TOLERANCE["float64"])
+    torch.testing.assert_close(
+        out[..., :-1, :],
+        F.conv2d(shifted, weight, None, 1, 1)[..., :-1, :],
+        rtol=0,
+        atol=TOLERANCE["float64"],
+    )
 
 
 def test_deform_groups_own_consecutive_channels():
@@ -110,8 +134,9 @@ def test_deform_groups_own_consecutive_channels():
     mask = torch.ones(1, 18, 6, 6, dtype=torch.float64)
     out = modulated_deform_conv2d(x, offset, mask, weight, None, deform_groups=2)
     first = F.conv2d(x[:, :2], weight[:, :2], None, 1, 1)
-    second = modulated_deform_conv2d(x[:, 2:], offset[:, 18:], mask[:, 9:], weight[:, 2:], None,
-                                     deform_groups=1)
+    second = modulated_deform_conv2d(
+        x[:, 2:], offset[:, 18:], mask[:, 9:], weight[:, 2:], None, deform_groups=1
+    )
     torch.testing.assert_close(out, first + second, rtol=0, atol=TOLERANCE["float64"])
 
 
@@ -140,7 +165,8 @@ def test_gradients_flow_to_every_input():
     weight = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda *a: modulated_deform_conv2d(*a, deform_groups=1), (x, offset, mask, weight, bias))
+        lambda *a: modulated_deform_conv2d(*a, deform_groups=1), (x, offset, mask, weight, bias)
+    )
 
 
 def test_bad_shapes_raise():
@@ -149,8 +175,10 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="offset"):
         modulated_deform_conv2d(x, torch.zeros(1, 10, 5, 5), torch.ones(1, 72, 5, 5), w, None)
     with pytest.raises(ValueError, match="deform groups"):
-        modulated_deform_conv2d(x, torch.zeros(1, 54, 5, 5), torch.ones(1, 27, 5, 5), w, None,
-                                deform_groups=3)
+        modulated_deform_conv2d(
+            x, torch.zeros(1, 54, 5, 5), torch.ones(1, 27, 5, 5), w, None, deform_groups=3
+        )
     with pytest.raises(ValueError, match="input channels"):
-        modulated_deform_conv2d(x, torch.zeros(1, 144, 5, 5), torch.ones(1, 72, 5, 5),
-                                torch.randn(4, 6, 3, 3), None)
+        modulated_deform_conv2d(
+            x, torch.zeros(1, 144, 5, 5), torch.ones(1, 72, 5, 5), torch.randn(4, 6, 3, 3), None
+        )

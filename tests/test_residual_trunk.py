@@ -2,6 +2,7 @@
 reference module), on CPU and on each CUDA path (VSR_FAST_TRUNK_IMPL=library|fused|auto: the cuDNN
 library path and the fused tensor-core residual-block kernel); plus a lane-level emulation of the
 fused kernel that runs without a GPU."""
+
 import copy
 import warnings
 
@@ -79,7 +80,9 @@ def test_float64_is_exact(device, monkeypatch):
     monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "auto")  # CUDA: float64 takes the library path
     weights, biases = make_trunk(5, 6, blocks=2)
     x = image((2, 5, 7, 9))
-    out = vsr_fast.residual_trunk(x.to(device), to(weights, device, torch.float64), to(biases, device, torch.float64))
+    out = vsr_fast.residual_trunk(
+        x.to(device), to(weights, device, torch.float64), to(biases, device, torch.float64)
+    )
     assert_close(out.cpu(), reference.residual_trunk(x, weights, biases), "float64")
 
 
@@ -88,7 +91,9 @@ def test_thirty_blocks_match_the_reference_module(device):
     trunk = reference.ResidualBlocksWithInputConv(67, 64, num_blocks=30).eval()
     x = image((1, 67, 12, 20), dtype=torch.float32)
     with torch.no_grad():
-        out = vsr_fast.residual_trunk(x.to(device), *(to(p, device, torch.float32) for p in trunk_parameters(trunk)))
+        out = vsr_fast.residual_trunk(
+            x.to(device), *(to(p, device, torch.float32) for p in trunk_parameters(trunk))
+        )
         expected = copy.deepcopy(trunk).double()(x.double())
     assert_close(out.cpu(), expected, "float32_chain")
 
@@ -99,7 +104,9 @@ def test_empty_batch_and_strided_views_of_nan_buffers(trunk_path, dtype):
     skip_if_forced_fused_rejects(impl, dtype)
     weights, biases = make_trunk(67, 64, blocks=2)
     wl, bl = to(weights, device, dtype), to(biases, device, dtype)
-    empty = torch.empty(0, 67, 9, 11, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    empty = torch.empty(0, 67, 9, 11, device=device, dtype=dtype).contiguous(
+        memory_format=torch.channels_last
+    )
     out = vsr_fast.residual_trunk(empty, wl, bl)
     assert out.shape == (0, 64, 9, 11)
     assert_layout_like_fake(out, empty)
@@ -203,16 +210,26 @@ def test_opcheck(trunk_path, dtype):
         torch.library.opcheck(torch.ops.vsr_fast.residual_trunk.default, (xx, wl, bl))
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda w, b: vsr_fast.residual_trunk(torch.rand(5, 6, 7), w, b), r"expected x \[N, C_in, H, W\]"),
-    (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 4, 6, 7), w, b),
-     r"weights\[0\] must be \[8, 4, 3, 3\], got \[8, 5, 3, 3\]"),
-    (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7), w[:2], b[:2]), "1 \\+ 2 \\* num_blocks"),
-    (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7), w, b[:1]), "one bias per weight"),
-    (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7, dtype=torch.float64), w, b), "dtype"),
-    (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7), w[:1] + [w[1][:, :4]] + w[2:], b),
-     r"weights\[1\] must be \[8, 8, 3, 3\]"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda w, b: vsr_fast.residual_trunk(torch.rand(5, 6, 7), w, b), r"expected x \[N, C_in, H, W\]"),
+        (
+            lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 4, 6, 7), w, b),
+            r"weights\[0\] must be \[8, 4, 3, 3\], got \[8, 5, 3, 3\]",
+        ),
+        (
+            lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7), w[:2], b[:2]),
+            "1 \\+ 2 \\* num_blocks",
+        ),
+        (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7), w, b[:1]), "one bias per weight"),
+        (lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7, dtype=torch.float64), w, b), "dtype"),
+        (
+            lambda w, b: vsr_fast.residual_trunk(torch.rand(1, 5, 6, 7), w[:1] + [w[1][:, :4]] + w[2:], b),
+            r"weights\[1\] must be \[8, 8, 3, 3\]",
+        ),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(call, message):
     weights, biases = make_trunk(5, 8, blocks=1)
     with pytest.raises(RuntimeError, match="vsr_fast::residual_trunk") as info:
@@ -242,9 +259,13 @@ def test_fused_kernel_emulation_matches_the_reference_block():
         reference_fp16 = copy.deepcopy(block).half()(x.half())
     nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
     biases = np.stack([block.conv1.bias.detach().numpy(), block.conv2.bias.detach().numpy()])
-    out = emulate_block(nhwc(x).astype(np.float32), block.conv1.weight.detach().numpy().astype(np.float32),
-                        block.conv2.weight.detach().numpy().astype(np.float32), biases.astype(np.float32),
-                        np.float16)
+    out = emulate_block(
+        nhwc(x).astype(np.float32),
+        block.conv1.weight.detach().numpy().astype(np.float32),
+        block.conv2.weight.detach().numpy().astype(np.float32),
+        biases.astype(np.float32),
+        np.float16,
+    )
     out = torch.from_numpy(out).permute(0, 3, 1, 2).half()
     assert not out.isnan().any(), "the emulated kernel left output elements unwritten"
     assert_lowp_close(out, reference_fp16, expected)
@@ -261,7 +282,9 @@ def test_cuda_fused_block_matches_the_library_path_on_720p_quarter(monkeypatch):
         pytest.skip("the fused residual-block kernel needs compute capability >= 8.0")
     weights, biases = make_trunk(64, 64, blocks=1, seed=5)
     x64 = image((1, 64, 180, 320), seed=6).cuda()
-    expected = reference.residual_trunk(x64, to(weights, "cuda", torch.float64), to(biases, "cuda", torch.float64))
+    expected = reference.residual_trunk(
+        x64, to(weights, "cuda", torch.float64), to(biases, "cuda", torch.float64)
+    )
     xl, wl, bl = x64.half(), to(weights, "cuda", torch.float16), to(biases, "cuda", torch.float16)
     monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "fused")
     fused = vsr_fast.residual_trunk(xl, wl, bl)
@@ -288,8 +311,9 @@ def test_cuda_fused_kernel_passes_its_self_check_on_this_gpu(monkeypatch, dtype)
     weights, biases = make_trunk(64, 64, blocks=1)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        vsr_fast.residual_trunk(image((1, 64, 9, 17)).to("cuda", dtype), to(weights, "cuda", dtype),
-                                to(biases, "cuda", dtype))
+        vsr_fast.residual_trunk(
+            image((1, 64, 9, 17)).to("cuda", dtype), to(weights, "cuda", dtype), to(biases, "cuda", dtype)
+        )
     assert not _selfcheck_warnings(record), _selfcheck_warnings(record)
 
 
@@ -299,7 +323,11 @@ def test_cuda_self_check_failure_falls_back_to_the_library_path_with_a_warning(m
     if not fused_capable():
         pytest.skip("the fused residual-block kernel needs compute capability >= 8.0")
     weights, biases = make_trunk(64, 64, blocks=2)
-    x, wl, bl = image((1, 64, 19, 23)).to("cuda", dtype), to(weights, "cuda", dtype), to(biases, "cuda", dtype)
+    x, wl, bl = (
+        image((1, 64, 19, 23)).to("cuda", dtype),
+        to(weights, "cuda", dtype),
+        to(biases, "cuda", dtype),
+    )
     monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "library")
     library = vsr_fast.residual_trunk(x, wl, bl)
     monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "auto")
@@ -340,8 +368,9 @@ def test_cuda_graph_capture_before_the_self_check_uses_the_library_path(monkeypa
         warnings.simplefilter("always")
         with torch.cuda.graph(graph):
             static_out = step()
-    assert any("during CUDA graph capture" in m for m in _selfcheck_warnings(record)), \
-        [str(w.message) for w in record]
+    assert any("during CUDA graph capture" in m for m in _selfcheck_warnings(record)), [
+        str(w.message) for w in record
+    ]
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(static_out, library, atol=0, rtol=0)
@@ -353,8 +382,12 @@ def test_cuda_forced_fused_and_bad_settings_raise_clear_errors(monkeypatch):
     x = image((1, 3, 8, 8)).to("cuda", torch.float16)
     wl, bl = to(weights, "cuda", torch.float16), to(biases, "cuda", torch.float16)
     monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "fused")
-    with pytest.raises(RuntimeError, match=r"vsr_fast::residual_trunk: VSR_FAST_TRUNK_IMPL=fused.*64 channels"):
+    with pytest.raises(
+        RuntimeError, match=r"vsr_fast::residual_trunk: VSR_FAST_TRUNK_IMPL=fused.*64 channels"
+    ):
         vsr_fast.residual_trunk(x, wl, bl)
     monkeypatch.setenv("VSR_FAST_TRUNK_IMPL", "fastest")
-    with pytest.raises(RuntimeError, match="VSR_FAST_TRUNK_IMPL must be auto, library or fused, got 'fastest'"):
+    with pytest.raises(
+        RuntimeError, match="VSR_FAST_TRUNK_IMPL must be auto, library or fused, got 'fastest'"
+    ):
         vsr_fast.residual_trunk(x, wl, bl)

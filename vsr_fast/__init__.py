@@ -3,6 +3,7 @@
 Importing the package loads the compiled operator library first (vsr_fast._C), then the Python side
 of the operators.
 """
+
 from ._extension import build_info
 from . import ops
 from .ops import flow_warp, keyframe_fusion, propagation_step, residual_trunk
@@ -11,7 +12,17 @@ from . import checkpoint, models
 from .models import BasicVSR, IconVSR, SPyNet
 
 __all__ = [
-    "BasicVSR", "IconVSR", "SPyNet", "build_info", "flow_warp", "keyframe_fusion", "residual_trunk",
-    "propagation_step", "checkpoint", "models", "ops", "reference",
+    "BasicVSR",
+    "IconVSR",
+    "SPyNet",
+    "build_info",
+    "flow_warp",
+    "keyframe_fusion",
+    "residual_trunk",
+    "propagation_step",
+    "checkpoint",
+    "models",
+    "ops",
+    "reference",
 ]
 __version__ = "0.1.0"

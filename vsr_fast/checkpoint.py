@@ -24,6 +24,7 @@ Loading is all-or-nothing: the checkpoint is read, converted and checked against
 and unexpected keys, shapes) before a single tensor is copied, so a failed load leaves the model as
 it was. Nothing is ever downloaded.
 """
+
 import os
 import re
 from collections import OrderedDict
@@ -32,8 +33,13 @@ from typing import NamedTuple, Optional
 import torch
 
 __all__ = [
-    "CheckpointError", "CheckpointFormat", "LoadResult", "load_checkpoint", "convert_state_dict",
-    "detect_format", "read_checkpoint",
+    "CheckpointError",
+    "CheckpointFormat",
+    "LoadResult",
+    "load_checkpoint",
+    "convert_state_dict",
+    "detect_format",
+    "read_checkpoint",
 ]
 
 _MAX_LISTED = 10  # keys listed per category in error messages
@@ -55,15 +61,24 @@ class CheckpointFormat(NamedTuple):
 
     def __str__(self):
         container = {
-            "mmagic_runner": "mmagic runner checkpoint", "basicsr": "BasicSR checkpoint",
-            "state_dict": "bare state dict", "safetensors": "safetensors file",
+            "mmagic_runner": "mmagic runner checkpoint",
+            "basicsr": "BasicSR checkpoint",
+            "state_dict": "bare state dict",
+            "safetensors": "safetensors file",
         }.get(self.container, self.container)
         if self.key:
             container += f" [{self.key}]"
-        naming = {"mmagic": "mmagic key names", "basicsr": "BasicSR key names",
-                  "neutral": "key names common to mmagic and BasicSR"}.get(self.naming, self.naming)
-        content = {"basicvsr": "BasicVSR", "iconvsr": "IconVSR", "spynet": "SPyNet",
-                   "edvr": "EDVR feature extractor"}.get(self.content, "unrecognised contents")
+        naming = {
+            "mmagic": "mmagic key names",
+            "basicsr": "BasicSR key names",
+            "neutral": "key names common to mmagic and BasicSR",
+        }.get(self.naming, self.naming)
+        content = {
+            "basicvsr": "BasicVSR",
+            "iconvsr": "IconVSR",
+            "spynet": "SPyNet",
+            "edvr": "EDVR feature extractor",
+        }.get(self.content, "unrecognised contents")
         return f"{container}, {naming}, {content}"
 
 
@@ -88,22 +103,48 @@ _TSA_CONVMODULE = r"feat_fusion|spatial_attn[1-4]|spatial_attn_l[1-3]|spatial_at
 _PCD_CONVMODULE = r"offset_conv[1-3]\.l[1-3]|feat_conv\.l[1-3]|cas_offset_conv[12]"
 
 _RULES = [
-    (r"^(?P<d>backward|forward)_resblocks\.(?P<r>.+)$", "{d}_trunk.{r}",
-     r"^(?P<d>backward|forward)_trunk\.(?P<r>.+)$", "{d}_resblocks.{r}"),
-    (rf"^upsample(?P<i>[12])\.upsample_conv\.{_WB}$", "upconv{i}.{wb}",
-     rf"^upconv(?P<i>[12])\.{_WB}$", "upsample{i}.upsample_conv.{wb}"),
-    (rf"^{_P}basic_module\.(?P<L>\d+)\.basic_module\.(?P<j>\d+)\.conv\.{_WB}$",
-     "{p}basic_module.{L}.basic_module.{j2}.{wb}",
-     rf"^{_P}basic_module\.(?P<L>\d+)\.basic_module\.(?P<j2>\d*[02468])\.{_WB}$",
-     "{p}basic_module.{L}.basic_module.{j}.conv.{wb}"),
-    (rf"^{_E}feat_l(?P<l>[23])_conv(?P<k>[12])\.conv\.{_WB}$", "{p}conv_l{l}_{k}.{wb}",
-     rf"^{_E}conv_l(?P<l>[23])_(?P<k>[12])\.{_WB}$", "{p}feat_l{l}_conv{k}.conv.{wb}"),
-    (rf"^{_E}pcd_alignment\.(?P<n>{_PCD_CONVMODULE})\.conv\.{_WB}$", "{p}pcd_align.{n}.{wb}",
-     rf"^{_E}pcd_align\.(?P<n>{_PCD_CONVMODULE})\.{_WB}$", "{p}pcd_alignment.{n}.conv.{wb}"),
-    (rf"^{_E}pcd_alignment\.(?P<r>(?:dcn_pack\.l[1-3]|cas_dcnpack)\..+)$", "{p}pcd_align.{r}",
-     rf"^{_E}pcd_align\.(?P<r>(?:dcn_pack\.l[1-3]|cas_dcnpack)\..+)$", "{p}pcd_alignment.{r}"),
-    (rf"^{_E}fusion\.(?P<n>{_TSA_CONVMODULE})\.conv\.{_WB}$", "{p}fusion.{n}.{wb}",
-     rf"^{_E}fusion\.(?P<n>{_TSA_CONVMODULE})\.{_WB}$", "{p}fusion.{n}.conv.{wb}"),
+    (
+        r"^(?P<d>backward|forward)_resblocks\.(?P<r>.+)$",
+        "{d}_trunk.{r}",
+        r"^(?P<d>backward|forward)_trunk\.(?P<r>.+)$",
+        "{d}_resblocks.{r}",
+    ),
+    (
+        rf"^upsample(?P<i>[12])\.upsample_conv\.{_WB}$",
+        "upconv{i}.{wb}",
+        rf"^upconv(?P<i>[12])\.{_WB}$",
+        "upsample{i}.upsample_conv.{wb}",
+    ),
+    (
+        rf"^{_P}basic_module\.(?P<L>\d+)\.basic_module\.(?P<j>\d+)\.conv\.{_WB}$",
+        "{p}basic_module.{L}.basic_module.{j2}.{wb}",
+        rf"^{_P}basic_module\.(?P<L>\d+)\.basic_module\.(?P<j2>\d*[02468])\.{_WB}$",
+        "{p}basic_module.{L}.basic_module.{j}.conv.{wb}",
+    ),
+    (
+        rf"^{_E}feat_l(?P<l>[23])_conv(?P<k>[12])\.conv\.{_WB}$",
+        "{p}conv_l{l}_{k}.{wb}",
+        rf"^{_E}conv_l(?P<l>[23])_(?P<k>[12])\.{_WB}$",
+        "{p}feat_l{l}_conv{k}.conv.{wb}",
+    ),
+    (
+        rf"^{_E}pcd_alignment\.(?P<n>{_PCD_CONVMODULE})\.conv\.{_WB}$",
+        "{p}pcd_align.{n}.{wb}",
+        rf"^{_E}pcd_align\.(?P<n>{_PCD_CONVMODULE})\.{_WB}$",
+        "{p}pcd_alignment.{n}.conv.{wb}",
+    ),
+    (
+        rf"^{_E}pcd_alignment\.(?P<r>(?:dcn_pack\.l[1-3]|cas_dcnpack)\..+)$",
+        "{p}pcd_align.{r}",
+        rf"^{_E}pcd_align\.(?P<r>(?:dcn_pack\.l[1-3]|cas_dcnpack)\..+)$",
+        "{p}pcd_alignment.{r}",
+    ),
+    (
+        rf"^{_E}fusion\.(?P<n>{_TSA_CONVMODULE})\.conv\.{_WB}$",
+        "{p}fusion.{n}.{wb}",
+        rf"^{_E}fusion\.(?P<n>{_TSA_CONVMODULE})\.{_WB}$",
+        "{p}fusion.{n}.conv.{wb}",
+    ),
 ]
 _RULES = [(re.compile(a), b, re.compile(c), d) for a, b, c, d in _RULES]
 
@@ -137,8 +178,10 @@ def _detect_naming(keys):
     if len(namings) == 2:
         mm = [k for k in keys if _key_naming(k) == "mmagic"][:3]
         bsr = [k for k in keys if _key_naming(k) == "basicsr"][:3]
-        raise CheckpointError(f"vsr_fast.checkpoint: the state dict mixes mmagic key names (e.g. {mm}) "
-                              f"and BasicSR key names (e.g. {bsr})")
+        raise CheckpointError(
+            f"vsr_fast.checkpoint: the state dict mixes mmagic key names (e.g. {mm}) "
+            f"and BasicSR key names (e.g. {bsr})"
+        )
     return namings.pop() if namings else "neutral"
 
 
@@ -149,12 +192,14 @@ def _detect_content(keys):
     if any(k.startswith("edvr.") for k in keys) and any(k.startswith("spynet.") for k in keys):
         return "iconvsr"
     if any(k.startswith("spynet.") for k in keys) and any(
-            k.startswith(("backward_", "forward_")) for k in keys):
+        k.startswith(("backward_", "forward_")) for k in keys
+    ):
         return "basicvsr"
     if all(k.startswith("basic_module.") or k in ("mean", "std") for k in keys):
         return "spynet"
     if any(k.startswith("conv_first.") for k in keys) and any(
-            k.startswith(("pcd_alignment.", "pcd_align.")) for k in keys):
+        k.startswith(("pcd_alignment.", "pcd_align.")) for k in keys
+    ):
         return "edvr"
     return "unknown"
 
@@ -194,15 +239,18 @@ def read_checkpoint(path):
     if _URL_RE.match(path):
         raise CheckpointError(
             f"vsr_fast.checkpoint: {path!r} is a URL; vsr_fast never downloads anything. Download the "
-            f"file yourself and pass its local path.")
+            f"file yourself and pass its local path."
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"vsr_fast.checkpoint: no such checkpoint file: {path!r}")
     if path.endswith(".safetensors"):
         try:
             from safetensors.torch import load_file
         except ImportError as e:
-            raise CheckpointError(f"vsr_fast.checkpoint: {path!r} is a .safetensors file but the "
-                                  f"safetensors package is not installed (pip install safetensors)") from e
+            raise CheckpointError(
+                f"vsr_fast.checkpoint: {path!r} is a .safetensors file but the "
+                f"safetensors package is not installed (pip install safetensors)"
+            ) from e
         return load_file(path, device="cpu")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -210,11 +258,12 @@ def read_checkpoint(path):
         raise CheckpointError(
             f"vsr_fast.checkpoint: cannot read {path!r} with torch.load(weights_only=True): {e}. If the "
             f"file holds non-tensor objects (e.g. an mmagic runner checkpoint with config objects in "
-            f"'meta') and you trust it, load it yourself with weights_only=False and pass the dict.") from e
+            f"'meta') and you trust it, load it yourself with weights_only=False and pass the dict."
+        ) from e
 
 
 def _strip_prefix(sd, prefix):
-    return OrderedDict((k[len(prefix):], v) for k, v in sd.items() if k.startswith(prefix))
+    return OrderedDict((k[len(prefix) :], v) for k, v in sd.items() if k.startswith(prefix))
 
 
 def _unwrap(obj, key, container):
@@ -246,8 +295,10 @@ def _unwrap(obj, key, container):
         # everything else (step_counter, discriminator, ...) belongs to the training wrapper
         return _as_tensors(_strip_prefix(inner, chosen + ".")), (container, chosen)
     if wanted is not None:
-        raise CheckpointError(f"vsr_fast.checkpoint: key={key!r} was requested but the checkpoint has "
-                              f"no params/params_ema entries and no generator./generator_ema. prefixes")
+        raise CheckpointError(
+            f"vsr_fast.checkpoint: key={key!r} was requested but the checkpoint has "
+            f"no params/params_ema entries and no generator./generator_ema. prefixes"
+        )
     inner.pop("step_counter", None)
     return _as_tensors(inner), (container, None)
 
@@ -257,8 +308,9 @@ def _choose(options, wanted, default, what):
         for w in wanted:
             if w in options:
                 return w
-        raise CheckpointError(f"vsr_fast.checkpoint: {what} has no {'/'.join(wanted)} weights; "
-                              f"it has {options}")
+        raise CheckpointError(
+            f"vsr_fast.checkpoint: {what} has no {'/'.join(wanted)} weights; it has {options}"
+        )
     # fall back to the EMA copy only when it is all there is
     return default if default in options else options[0]
 
@@ -273,8 +325,7 @@ def _as_tensors(sd):
 def detect_format(state_dict, key=None):
     """Describe a loaded checkpoint object (container, key naming, contents) as a CheckpointFormat."""
     flat, (container, used_key) = _unwrap(state_dict, key, "state_dict")
-    return CheckpointFormat(container, _detect_naming(flat.keys()), _detect_content(flat.keys()),
-                            used_key)
+    return CheckpointFormat(container, _detect_naming(flat.keys()), _detect_content(flat.keys()), used_key)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -310,8 +361,7 @@ def load_checkpoint(model, path_or_state_dict, strict=True, key=None):
         obj, source = read_checkpoint(path_or_state_dict), repr(os.fspath(path_or_state_dict))
         base_container = "safetensors" if source.endswith(".safetensors'") else "state_dict"
     flat, (container, used_key) = _unwrap(obj, key, base_container)
-    fmt = CheckpointFormat(container, _detect_naming(flat.keys()), _detect_content(flat.keys()),
-                           used_key)
+    fmt = CheckpointFormat(container, _detect_naming(flat.keys()), _detect_content(flat.keys()), used_key)
 
     target = model.state_dict()
     target_naming = _detect_naming(target.keys())
@@ -329,12 +379,16 @@ def load_checkpoint(model, path_or_state_dict, strict=True, key=None):
         sd = _strip_prefix(sd, target_content + ".")
 
     scope_set = set(scope)
-    optional = {k for k in scope if k.rsplit(".", 1)[-1] in _OPTIONAL_BUFFERS
-                and _is_spynet_buffer(k, target_content)}
+    optional = {
+        k for k in scope if k.rsplit(".", 1)[-1] in _OPTIONAL_BUFFERS and _is_spynet_buffer(k, target_content)
+    }
     missing = [k for k in scope if k not in sd and k not in optional]
     unexpected = [k for k in sd if k not in scope_set]
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
-                  for k, v in sd.items() if k in scope_set and v.shape != target[k].shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+        for k, v in sd.items()
+        if k in scope_set and v.shape != target[k].shape
+    ]
     if mismatched or (strict and (missing or unexpected)):
         parts = []
         if missing:
@@ -346,7 +400,8 @@ def load_checkpoint(model, path_or_state_dict, strict=True, key=None):
         raise CheckpointError(
             f"vsr_fast.checkpoint: cannot load {source} into {type(model).__name__} "
             f"(detected format: {fmt}; model expects {target_naming} names, "
-            f"{target_content} contents); the model was not modified. " + "; ".join(parts))
+            f"{target_content} contents); the model was not modified. " + "; ".join(parts)
+        )
 
     # through load_state_dict (not copy_ into state_dict() views), so that modules with their own
     # _load_from_state_dict or load hooks get the checkpoint the way torch hands it to them

@@ -60,8 +60,8 @@ inline void fix_slow_pixels(const RowTaps<acc_t>& row, const scalar_t* plane, sc
 }
 
 template <typename scalar_t, typename flow_t>
-void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out,
-                    int64_t interpolation, int64_t padding_mode, bool align_corners) {
+void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out, int64_t interpolation,
+                    int64_t padding_mode, bool align_corners) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const auto xs = x.strides();
@@ -73,8 +73,8 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tenso
   const bool channels_inner = xs[1] == 1 && os[1] == 1;
   // fp32 rows swept 8 pixels at a time with AVX2 gathers; needs a 2x2 patch inside the plane at the
   // origin (the throw-away reads of slow pixels) and int32 offsets.
-  const bool simd = std::is_same_v<scalar_t, float> && cpu_has_avx2_fma() && H >= 2 && W >= 2 &&
-                    plane_fits_int32(x);
+  const bool simd =
+      std::is_same_v<scalar_t, float> && cpu_has_avx2_fma() && H >= 2 && W >= 2 && plane_fits_int32(x);
   const int64_t dx = xs[3], dy = xs[2], dxy = xs[2] + xs[3];
 
   // channels_last: per pixel, one contiguous sweep over the channels
@@ -149,8 +149,8 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tenso
       const int64_t n = band / bands_per_image, y0 = (band % bands_per_image) * kBandRows;
       const int64_t band_rows = std::min(kBandRows, H - y0);
       for (int64_t r = 0; r < band_rows; ++r) {
-        rows[r].compute(flow_ptr + n * fs[0] + (y0 + r) * fs[1], fs[2], fs[3], y0 + r, H, W, xs[2],
-                        xs[3], align_corners, padding_mode, interpolation);
+        rows[r].compute(flow_ptr + n * fs[0] + (y0 + r) * fs[1], fs[2], fs[3], y0 + r, H, W, xs[2], xs[3],
+                        align_corners, padding_mode, interpolation);
       }
       const scalar_t* in = x_ptr + n * xs[0];
       scalar_t* o = out_ptr + n * os[0] + y0 * os[2];
@@ -162,8 +162,8 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tenso
 #ifdef VSR_FAST_X86_SIMD
       if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
         if (band_blocks) {
-          blocked = warp_band_nchw8_avx2(in, xs[1], xs[2], o, os[1], os[2], C, W, rows.data(),
-                                         band_rows, scratch);
+          blocked =
+              warp_band_nchw8_avx2(in, xs[1], xs[2], o, os[1], os[2], C, W, rows.data(), band_rows, scratch);
         }
       }
 #endif
@@ -176,8 +176,8 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& flow, const at::Tenso
   });
 }
 
-void forward_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out,
-                  int64_t interpolation, int64_t padding_mode, bool align_corners) {
+void forward_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out, int64_t interpolation,
+                  int64_t padding_mode, bool align_corners) {
   check_flow_warp_args("vsr_fast::flow_warp", x, flow, interpolation, padding_mode);
   TORCH_CHECK(x.device().is_cpu(), "vsr_fast::flow_warp: CPU kernel called with x on ", x.device());
   TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() && out.device().is_cpu(),
@@ -186,8 +186,7 @@ void forward_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor&
   if (out.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vsr_fast::flow_warp", [&] {
     with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
-      forward_kernel<scalar_t, decltype(flow_zero)>(x, flow, out, interpolation, padding_mode,
-                                                    align_corners);
+      forward_kernel<scalar_t, decltype(flow_zero)>(x, flow, out, interpolation, padding_mode, align_corners);
     });
   });
 }
@@ -202,9 +201,9 @@ at::Tensor flow_warp_cpu(const at::Tensor& x, const at::Tensor& flow, int64_t in
 // Scatter-and-reduce for one channel plane along one row. `gx` may be null (no grad_x wanted);
 // `dflow` (2 per pixel) may be null (no grad_flow wanted).
 template <typename scalar_t, typename acc_t>
-inline void backward_row_plane(const RowTaps<acc_t>& row, int64_t width, const scalar_t* plane,
-                               acc_t* gx, const scalar_t* g, int64_t g_sw, int64_t dx, int64_t dy,
-                               acc_t* dflow, bool slow_only) {
+inline void backward_row_plane(const RowTaps<acc_t>& row, int64_t width, const scalar_t* plane, acc_t* gx,
+                               const scalar_t* g, int64_t g_sw, int64_t dx, int64_t dy, acc_t* dflow,
+                               bool slow_only) {
   const int64_t dxy = dx + dy;
   for (int64_t ix = 0; ix < width; ++ix) {
     if (slow_only && row.slow[ix] < 0) continue;
@@ -263,8 +262,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
 
   // fp32 NCHW rows (x and grad_out unit stride along W) go through the AVX2 sweep; its pair
   // gathers read a 2x2 patch at the plane origin for slow pixels, so H, W >= 2.
-  const bool simd = std::is_same_v<scalar_t, float> && cpu_has_avx2_fma() && xs[3] == 1 &&
-                    gs[3] == 1 && H >= 2 && W >= 2 && plane_fits_int32(x);
+  const bool simd = std::is_same_v<scalar_t, float> && cpu_has_avx2_fma() && xs[3] == 1 && gs[3] == 1 &&
+                    H >= 2 && W >= 2 && plane_fits_int32(x);
 
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     RowTaps<acc_t> row(W);
@@ -273,8 +272,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
       const int64_t n = task / blocks, c0 = (task % blocks) * block;
       const int64_t c1 = std::min(C, c0 + block);
       for (int64_t y = 0; y < H; ++y) {
-        row.compute(flow_ptr + n * fs[0] + y * fs[1], fs[2], fs[3], y, H, W, xs[2], xs[3],
-                    align_corners, padding_mode, interpolation);
+        row.compute(flow_ptr + n * fs[0] + y * fs[1], fs[2], fs[3], y, H, W, xs[2], xs[3], align_corners,
+                    padding_mode, interpolation);
         acc_t* dflow = part_ptr ? part_ptr + (task * H + y) * W * 2 : nullptr;
         if (dflow) std::fill(dflow, dflow + 2 * W, acc_t(0));
         if (simd && dflow) {
@@ -288,20 +287,20 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
 #ifdef VSR_FAST_X86_SIMD
           if constexpr (std::is_same_v<scalar_t, float>) {
             if (simd) {
-              backward_row_avx2(x_ptr + plane_offset, gx, g_row, W, row.base32.data(),
-                                row.slow.data(), row.frac_x.data(), row.frac_y.data(),
-                                row.dpos_x.data(), row.dpos_y.data(), static_cast<int32_t>(xs[2]),
-                                dflow ? dflow_x.data() : nullptr, dflow ? dflow_y.data() : nullptr);
+              backward_row_avx2(x_ptr + plane_offset, gx, g_row, W, row.base32.data(), row.slow.data(),
+                                row.frac_x.data(), row.frac_y.data(), row.dpos_x.data(), row.dpos_y.data(),
+                                static_cast<int32_t>(xs[2]), dflow ? dflow_x.data() : nullptr,
+                                dflow ? dflow_y.data() : nullptr);
               if (!row.slow_pixels.empty()) {
-                backward_row_plane<scalar_t, acc_t>(row, W, x_ptr + plane_offset, gx, g_row, gs[3],
-                                                    xs[3], xs[2], dflow, /*slow_only=*/true);
+                backward_row_plane<scalar_t, acc_t>(row, W, x_ptr + plane_offset, gx, g_row, gs[3], xs[3],
+                                                    xs[2], dflow, /*slow_only=*/true);
               }
               continue;
             }
           }
 #endif
-          backward_row_plane<scalar_t, acc_t>(row, W, x_ptr + plane_offset, gx, g_row, gs[3], xs[3],
-                                              xs[2], dflow, /*slow_only=*/false);
+          backward_row_plane<scalar_t, acc_t>(row, W, x_ptr + plane_offset, gx, g_row, gs[3], xs[3], xs[2],
+                                              dflow, /*slow_only=*/false);
         }
         if (simd && dflow) {
           for (int64_t ix = 0; ix < W; ++ix) {
@@ -314,9 +313,10 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& flow,
-    int64_t interpolation, int64_t padding_mode, bool align_corners, std::array<bool, 2> output_mask) {
+std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_in,
+                                                          const at::Tensor& flow, int64_t interpolation,
+                                                          int64_t padding_mode, bool align_corners,
+                                                          std::array<bool, 2> output_mask) {
   check_flow_warp_backward_args(grad_out, x_in, flow, interpolation, padding_mode);
   TORCH_CHECK(x_in.device().is_cpu(), "vsr_fast::_flow_warp_backward: CPU kernel called with x on ",
               x_in.device());
@@ -336,19 +336,20 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cpu(
   const int64_t block = (C + blocks_per_image - 1) / blocks_per_image;
   const int64_t blocks = (C + block - 1) / block;
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vsr_fast::_flow_warp_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor grad_x_acc = need_x ? grad_x_accumulator(x, grad_x, acc_type) : at::Tensor();
-    at::Tensor partial;
-    if (need_flow) partial = at::empty({N, blocks, H, W, 2}, x.options().dtype(acc_type));
-    with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
-      backward_kernel<scalar_t, decltype(flow_zero)>(grad_out, x, flow, grad_x_acc, partial, block,
-                                                     interpolation, padding_mode, align_corners);
-    });
-    if (need_x && !grad_x_acc.is_same(grad_x)) grad_x.copy_(grad_x_acc);
-    if (need_flow) grad_flow.copy_(blocks == 1 ? partial.select(1, 0) : partial.sum(1));
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "vsr_fast::_flow_warp_backward", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+        const at::Tensor grad_x_acc = need_x ? grad_x_accumulator(x, grad_x, acc_type) : at::Tensor();
+        at::Tensor partial;
+        if (need_flow) partial = at::empty({N, blocks, H, W, 2}, x.options().dtype(acc_type));
+        with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
+          backward_kernel<scalar_t, decltype(flow_zero)>(grad_out, x, flow, grad_x_acc, partial, block,
+                                                         interpolation, padding_mode, align_corners);
+        });
+        if (need_x && !grad_x_acc.is_same(grad_x)) grad_x.copy_(grad_x_acc);
+        if (need_flow) grad_flow.copy_(blocks == 1 ? partial.select(1, 0) : partial.sum(1));
+      });
   return {grad_x, grad_flow};
 }
 

@@ -24,8 +24,7 @@ struct Patches8 {
 };
 
 __attribute__((target("avx2,fma"))) inline Patches8 gather_patches_avx2(const float* plane,
-                                                                        const int32_t* base,
-                                                                        int32_t dy) {
+                                                                        const int32_t* base, int32_t dy) {
   const double* pairs = reinterpret_cast<const double*>(plane);  // byte address = 4 * index
   const __m128i down = _mm_set1_epi32(dy);
   const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base));
@@ -34,14 +33,14 @@ __attribute__((target("avx2,fma"))) inline Patches8 gather_patches_avx2(const fl
   const __m256 t1 = _mm256_castpd_ps(_mm256_i32gather_pd(pairs, b1, 4));
   const __m256 u0 = _mm256_castpd_ps(_mm256_i32gather_pd(pairs, _mm_add_epi32(b0, down), 4));
   const __m256 u1 = _mm256_castpd_ps(_mm256_i32gather_pd(pairs, _mm_add_epi32(b1, down), 4));
-  return {_mm256_shuffle_ps(t0, t1, 0x88), _mm256_shuffle_ps(t0, t1, 0xDD),
-          _mm256_shuffle_ps(u0, u1, 0x88), _mm256_shuffle_ps(u0, u1, 0xDD)};
+  return {_mm256_shuffle_ps(t0, t1, 0x88), _mm256_shuffle_ps(t0, t1, 0xDD), _mm256_shuffle_ps(u0, u1, 0x88),
+          _mm256_shuffle_ps(u0, u1, 0xDD)};
 }
 
 // bilinear_blend(bilinear_weights(fx, fy), v00, v01, v10, v11) of vsr_fast/flow_warp.h, 8 pixels at
 // a time.
-__attribute__((target("avx2,fma"))) inline __m256 bilinear_blend8(__m256 fx, __m256 fy, __m256 v00, __m256 v01,
-                                                                   __m256 v10, __m256 v11) {
+__attribute__((target("avx2,fma"))) inline __m256 bilinear_blend8(__m256 fx, __m256 fy, __m256 v00,
+                                                                  __m256 v01, __m256 v10, __m256 v11) {
   const __m256 one = _mm256_set1_ps(1.f);
   const __m256 gx = _mm256_sub_ps(one, fx), gy = _mm256_sub_ps(one, fy);
   __m256 r = _mm256_mul_ps(_mm256_mul_ps(gy, gx), v00);
@@ -52,12 +51,10 @@ __attribute__((target("avx2,fma"))) inline __m256 bilinear_blend8(__m256 fx, __m
 
 // One output row of one plane, fast pixels blended from their 2x2 patches; slow pixels get a
 // throw-away value the caller overwrites.
-__attribute__((target("avx2,fma"))) inline void sweep_row_avx2(const float* plane, float* out,
-                                                        int64_t width, const int32_t* base,
-                                                        const float* frac_x, const float* frac_y,
-                                                        int32_t dx, int32_t dy) {
-  const __m256i vdx = _mm256_set1_epi32(dx), vdy = _mm256_set1_epi32(dy),
-                vdxy = _mm256_set1_epi32(dx + dy);
+__attribute__((target("avx2,fma"))) inline void sweep_row_avx2(const float* plane, float* out, int64_t width,
+                                                               const int32_t* base, const float* frac_x,
+                                                               const float* frac_y, int32_t dx, int32_t dy) {
+  const __m256i vdx = _mm256_set1_epi32(dx), vdy = _mm256_set1_epi32(dy), vdxy = _mm256_set1_epi32(dx + dy);
   int64_t ix = 0;
   // Rows of a plane are visited once per output row, one plane after another, so the hardware
   // streamers see only ~W/16 lines per stream: fetch the rows the next output row will need (two
@@ -113,9 +110,9 @@ __attribute__((target("avx2,fma"))) inline void blend_channels_avx2(const float*
 // scalar (taps of neighbouring pixels collide) but with the weights computed in vectors. Slow pixels
 // are masked out here; the caller handles them.
 __attribute__((target("avx2,fma"))) inline void backward_row_avx2(
-    const float* plane, float* gx, const float* g, int64_t width, const int32_t* base,
-    const int32_t* slow, const float* frac_x, const float* frac_y, const float* dpos_x,
-    const float* dpos_y, int32_t dy, float* dflow_x, float* dflow_y) {
+    const float* plane, float* gx, const float* g, int64_t width, const int32_t* base, const int32_t* slow,
+    const float* frac_x, const float* frac_y, const float* dpos_x, const float* dpos_y, int32_t dy,
+    float* dflow_x, float* dflow_y) {
   const __m256 one = _mm256_set1_ps(1.f);
   const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
   alignas(32) float w[4][8];
@@ -136,8 +133,10 @@ __attribute__((target("avx2,fma"))) inline void backward_row_avx2(
       const __m256 dy_sum = _mm256_fmadd_ps(fx, _mm256_sub_ps(v11, v01),
                                             _mm256_mul_ps(_mm256_sub_ps(one, fx), _mm256_sub_ps(v10, v00)));
       // the and-mask (not a multiply) keeps inf/NaN read for slow pixels out of the sums
-      const __m256 ddx = _mm256_and_ps(fast, _mm256_mul_ps(_mm256_mul_ps(go, _mm256_loadu_ps(dpos_x + ix)), dx_sum));
-      const __m256 ddy = _mm256_and_ps(fast, _mm256_mul_ps(_mm256_mul_ps(go, _mm256_loadu_ps(dpos_y + ix)), dy_sum));
+      const __m256 ddx =
+          _mm256_and_ps(fast, _mm256_mul_ps(_mm256_mul_ps(go, _mm256_loadu_ps(dpos_x + ix)), dx_sum));
+      const __m256 ddy =
+          _mm256_and_ps(fast, _mm256_mul_ps(_mm256_mul_ps(go, _mm256_loadu_ps(dpos_y + ix)), dy_sum));
       _mm256_storeu_ps(dflow_x + ix, _mm256_add_ps(_mm256_loadu_ps(dflow_x + ix), ddx));
       _mm256_storeu_ps(dflow_y + ix, _mm256_add_ps(_mm256_loadu_ps(dflow_y + ix), ddy));
     }
@@ -217,9 +216,9 @@ struct BandScratch {
 // benchmarks/results). Slow pixels are done 8 channels at a time too, tap by tap.
 // Returns the number of channels done: C rounded down to a multiple of 8.
 __attribute__((target("avx2,fma"))) inline int64_t warp_band_nchw8_avx2(
-    const float* in, int64_t plane_stride, int64_t row_stride, float* out,
-    int64_t out_plane_stride, int64_t out_row_stride, int64_t channels, int64_t width,
-    const RowTaps<float>* rows, int64_t band_rows, BandScratch& s) {
+    const float* in, int64_t plane_stride, int64_t row_stride, float* out, int64_t out_plane_stride,
+    int64_t out_row_stride, int64_t channels, int64_t width, const RowTaps<float>* rows, int64_t band_rows,
+    BandScratch& s) {
   // The rows the band's valid taps reach (fast pixels: row0 and row0 + 1; slow ones: per tap).
   int64_t first = std::numeric_limits<int64_t>::max(), last = -1;
   auto reach = [&](int64_t row) {
@@ -314,8 +313,8 @@ __attribute__((target("avx2,fma"))) inline int64_t warp_band_nchw8_avx2(
         const float* p = buf + off[ix];
         const float* pw = w + ix * 4;
         for (int k = 0; k < 8; ++k) {
-          o[k * out_plane_stride + ix] = pw[0] * p[k] + pw[1] * p[8 + k] + pw[2] * p[below + k] +
-                                         pw[3] * p[below + 8 + k];
+          o[k * out_plane_stride + ix] =
+              pw[0] * p[k] + pw[1] * p[8 + k] + pw[2] * p[below + k] + pw[3] * p[below + 8 + k];
         }
       }
     }

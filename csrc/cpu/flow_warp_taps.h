@@ -96,8 +96,8 @@ struct RowTaps {
   std::vector<int64_t> base;  // offset of the top-left tap (fast pixels)
   std::vector<acc_t> frac_x, frac_y, dpos_x, dpos_y;
   std::vector<int32_t> base32;  // the same offsets for the SIMD gathers (when they fit)
-  std::vector<int32_t> row0;  // the top taps' row (fast pixels; 0 for slow ones)
-  std::vector<int32_t> slow;  // -1: fast pixel, else index into `slow_taps`
+  std::vector<int32_t> row0;    // the top taps' row (fast pixels; 0 for slow ones)
+  std::vector<int32_t> slow;    // -1: fast pixel, else index into `slow_taps`
   std::vector<PixelTaps<acc_t>> slow_taps;
   std::vector<int32_t> slow_pixels;  // the column of each entry of slow_taps
 
@@ -126,8 +126,8 @@ struct RowTaps {
   }
 
   template <bool kAlignCorners, bool kBorderPadding, bool kNearestTap, typename flow_t>
-  void compute_impl(const flow_t* flow_row, int64_t flow_sw, int64_t flow_sk, int64_t y,
-                    int64_t height, int64_t width, int64_t sh, int64_t sw) {
+  void compute_impl(const flow_t* flow_row, int64_t flow_sw, int64_t flow_sk, int64_t y, int64_t height,
+                    int64_t width, int64_t sh, int64_t sw) {
     slow_taps.clear();
     slow_pixels.clear();
 #ifdef VSR_FAST_X86_SIMD
@@ -142,14 +142,16 @@ struct RowTaps {
           base[ix] = base32[ix];
           dpos_x[ix] = dpos_y[ix] = slow[ix] < 0 ? acc_t(1) : acc_t(0);
           if (slow[ix] < 0) continue;
-          classify<kAlignCorners, kBorderPadding, kNearestTap>(flow_row, flow_sw, flow_sk, y, height, width, sh, sw, ix);
+          classify<kAlignCorners, kBorderPadding, kNearestTap>(flow_row, flow_sw, flow_sk, y, height, width,
+                                                               sh, sw, ix);
         }
         return;
       }
     }
 #endif
     for (int64_t ix = 0; ix < width; ++ix) {
-      classify<kAlignCorners, kBorderPadding, kNearestTap>(flow_row, flow_sw, flow_sk, y, height, width, sh, sw, ix);
+      classify<kAlignCorners, kBorderPadding, kNearestTap>(flow_row, flow_sw, flow_sk, y, height, width, sh,
+                                                           sw, ix);
     }
   }
 
@@ -158,8 +160,8 @@ struct RowTaps {
   }
 
   template <bool kAlignCorners, bool kBorderPadding, bool kNearestTap, typename flow_t>
-  void classify(const flow_t* flow_row, int64_t flow_sw, int64_t flow_sk, int64_t y,
-                       int64_t height, int64_t width, int64_t sh, int64_t sw, int64_t ix) {
+  void classify(const flow_t* flow_row, int64_t flow_sw, int64_t flow_sk, int64_t y, int64_t height,
+                int64_t width, int64_t sh, int64_t sw, int64_t ix) {
     {
       const flow_t* f = flow_row + ix * flow_sw;
       const PixelTaps<acc_t> t = pixel_taps<acc_t>(
@@ -190,8 +192,8 @@ struct RowTaps {
 
 // True when every element offset inside one (n, c) plane of t fits in int32 (for SIMD gathers).
 inline bool plane_fits_int32(const at::Tensor& t) {
-  const int64_t extent = (t.size(2) - 1) * t.stride(2) + (t.size(3) - 1) * t.stride(3) + t.stride(2) +
-                         t.stride(3);
+  const int64_t extent =
+      (t.size(2) - 1) * t.stride(2) + (t.size(3) - 1) * t.stride(3) + t.stride(2) + t.stride(3);
   return extent < std::numeric_limits<int32_t>::max();
 }
 

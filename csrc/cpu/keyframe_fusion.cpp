@@ -14,8 +14,8 @@
 namespace vsr_fast {
 namespace {
 
-at::Tensor keyframe_fusion_cpu(const at::Tensor& state, const at::Tensor& refill,
-                               const at::Tensor& weight, const at::Tensor& bias) {
+at::Tensor keyframe_fusion_cpu(const at::Tensor& state, const at::Tensor& refill, const at::Tensor& weight,
+                               const at::Tensor& bias) {
   check_keyframe_fusion_args(state, refill, weight, bias);
   const auto format = state.suggest_memory_format();
   if (state.size(0) == 0 || state.size(2) == 0 || state.size(3) == 0) {

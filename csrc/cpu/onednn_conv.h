@@ -73,8 +73,12 @@ class PackedWeights {
         c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "");
     // The reorder misreads strided weights (found by tests/test_residual_trunk.py): pack a dense
     // copy, but keep the entry keyed to the caller's tensor.
-    std::vector<c10::IValue> stack{weight.detach().narrow(1, in_begin, in_count).contiguous(), kOnes,
-                                   kOnes, kOnes, int64_t{1}, std::vector<int64_t>{n, in_count, h, w}};
+    std::vector<c10::IValue> stack{weight.detach().narrow(1, in_begin, in_count).contiguous(),
+                                   kOnes,
+                                   kOnes,
+                                   kOnes,
+                                   int64_t{1},
+                                   std::vector<int64_t>{n, in_count, h, w}};
     reorder.callBoxed(&stack);
     at::Tensor packed = stack[0].toTensor();
     std::lock_guard<std::mutex> lock(mutex_);
@@ -107,14 +111,21 @@ inline PackedWeights& packed_weights() {
 // ---- oneDNN convolutions with fused epilogues ---------------------------------------------------
 
 // out = unary(conv(x) + bias); unary "leaky_relu" (slope in `scalars`), "relu" or "none".
-inline at::Tensor conv_unary(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias,
-                             const char* unary,
-                             c10::List<std::optional<at::Scalar>> scalars = c10::List<std::optional<at::Scalar>>()) {
+inline at::Tensor conv_unary(
+    const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias, const char* unary,
+    c10::List<std::optional<at::Scalar>> scalars = c10::List<std::optional<at::Scalar>>()) {
   static const c10::OperatorHandle& op =
       c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise", "");
-  std::vector<c10::IValue> stack{x,     packed,     bias.contiguous(),  kOnes,
-                                 kOnes, kOnes,      int64_t{1},         std::string(unary),
-                                 std::move(scalars), std::string("")};
+  std::vector<c10::IValue> stack{x,
+                                 packed,
+                                 bias.contiguous(),
+                                 kOnes,
+                                 kOnes,
+                                 kOnes,
+                                 int64_t{1},
+                                 std::string(unary),
+                                 std::move(scalars),
+                                 std::string("")};
   op.callBoxed(&stack);
   return stack[0].toTensor();
 }
@@ -126,8 +137,16 @@ inline void conv_add_into(const at::Tensor& acc, const at::Tensor& x, const at::
   static const c10::OperatorHandle& op =
       c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise_", "binary");
   const c10::IValue bias_value = bias.defined() ? c10::IValue(bias.contiguous()) : c10::IValue();
-  std::vector<c10::IValue> stack{acc, x, packed, bias_value, kOnes, kOnes, kOnes, int64_t{1},
-                                 std::string("add"), at::Scalar(1.0),
+  std::vector<c10::IValue> stack{acc,
+                                 x,
+                                 packed,
+                                 bias_value,
+                                 kOnes,
+                                 kOnes,
+                                 kOnes,
+                                 int64_t{1},
+                                 std::string("add"),
+                                 at::Scalar(1.0),
                                  unary ? c10::IValue(std::string(unary)) : c10::IValue(),
                                  c10::List<std::optional<at::Scalar>>(),
                                  unary ? c10::IValue(std::string("")) : c10::IValue()};

@@ -16,9 +16,8 @@ namespace vsr_fast {
 namespace {
 
 at::Tensor propagation_step_cpu(const at::Tensor& lr, const std::optional<at::Tensor>& feature,
-                                const std::optional<at::Tensor>& state,
-                                const std::optional<at::Tensor>& flow, at::TensorList weights,
-                                at::TensorList biases) {
+                                const std::optional<at::Tensor>& state, const std::optional<at::Tensor>& flow,
+                                at::TensorList weights, at::TensorList biases) {
   const int64_t channels = check_propagation_step_args(lr, feature, state, flow, weights, biases);
   // The output has the memory format the op promises: that of its first input.
   const auto format = lr.suggest_memory_format();
@@ -26,10 +25,12 @@ at::Tensor propagation_step_cpu(const at::Tensor& lr, const std::optional<at::Te
     return at::empty({lr.size(0), channels, lr.size(2), lr.size(3)}, lr.options().memory_format(format));
   }
   c10::impl::ExcludeDispatchKeyGuard no_autograd(c10::autograd_dispatch_keyset);
-  const at::Tensor input = assemble_step_input(
-      lr, feature, state, flow, channels, [](const at::Tensor& s, const at::Tensor& f, const at::Tensor& out) {
-        flow_warp_cpu_into(s, f, out, flow_warp_math::kBilinear, flow_warp_math::kZeros, /*align_corners=*/true);
-      });
+  const at::Tensor input =
+      assemble_step_input(lr, feature, state, flow, channels,
+                          [](const at::Tensor& s, const at::Tensor& f, const at::Tensor& out) {
+                            flow_warp_cpu_into(s, f, out, flow_warp_math::kBilinear, flow_warp_math::kZeros,
+                                               /*align_corners=*/true);
+                          });
   return residual_trunk_cpu_nhwc(input, weights, biases).contiguous(format);
 }
 

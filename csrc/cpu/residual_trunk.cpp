@@ -71,10 +71,11 @@ at::Tensor residual_trunk_cpu(const at::Tensor& x, at::TensorList weights, at::T
 
 }  // namespace
 
-at::Tensor residual_trunk_cpu_nhwc(const at::Tensor& input_nhwc, at::TensorList weights, at::TensorList biases) {
+at::Tensor residual_trunk_cpu_nhwc(const at::Tensor& input_nhwc, at::TensorList weights,
+                                   at::TensorList biases) {
   // Weights and biases may be non-contiguous views; oneDNN's reorder and ATen both accept that.
   return onednn::usable(input_nhwc) ? trunk_onednn(input_nhwc, weights, biases)
-                                   : trunk_aten(input_nhwc, weights, biases);
+                                    : trunk_aten(input_nhwc, weights, biases);
 }
 
 }  // namespace vsr_fast

@@ -3,9 +3,9 @@
 //
 // Forward: one thread per (pixel, block of channels), consecutive threads along the output's
 // fastest dimension (pixels for NCHW, channel blocks for channels_last), so the writes coalesce; it
-// also writes the warped state into its channel slice of propagation_step's trunk input. Backward: one thread per pixel loops over
-// all channels, so grad_flow is a private sum (deterministic) while grad_x is scattered with float
-// atomics (non-deterministic order, reported to torch's deterministic mode).
+// also writes the warped state into its channel slice of propagation_step's trunk input. Backward: one thread
+// per pixel loops over all channels, so grad_flow is a private sum (deterministic) while grad_x is scattered
+// with float atomics (non-deterministic order, reported to torch's deterministic mode).
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -17,8 +17,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <limits>
 #include <array>
+#include <limits>
 #include <tuple>
 #include <type_traits>
 
@@ -62,35 +62,36 @@ bool fits_int32(std::initializer_list<const at::Tensor*> tensors, int64_t thread
 
 // The taps of pixel `pixel` (linear over N, H, W) and its coordinates.
 template <typename acc_t, typename flow_t, typename index_t>
-__device__ __forceinline__ PixelTaps<acc_t> taps_of_pixel(
-    index_t pixel, const flow_t* __restrict__ flow, Shape shape, Strides4<index_t> xs,
-    Strides4<index_t> fs, int64_t interpolation, int64_t padding_mode, bool align_corners,
-    index_t& n, index_t& y, index_t& ix) {
+__device__ __forceinline__ PixelTaps<acc_t> taps_of_pixel(index_t pixel, const flow_t* __restrict__ flow,
+                                                          Shape shape, Strides4<index_t> xs,
+                                                          Strides4<index_t> fs, int64_t interpolation,
+                                                          int64_t padding_mode, bool align_corners,
+                                                          index_t& n, index_t& y, index_t& ix) {
   const index_t W = static_cast<index_t>(shape.w), H = static_cast<index_t>(shape.h);
   ix = pixel % W;
   y = (pixel / W) % H;
   n = pixel / (W * H);
   const flow_t* f = flow + n * fs.s0 + y * fs.s1 + ix * fs.s2;
-  return pixel_taps<acc_t>(y, ix, static_cast<acc_t>(f[0]), static_cast<acc_t>(f[fs.s3]), shape.h,
-                           shape.w, xs.s2, xs.s3, align_corners, padding_mode, interpolation);
+  return pixel_taps<acc_t>(y, ix, static_cast<acc_t>(f[0]), static_cast<acc_t>(f[fs.s3]), shape.h, shape.w,
+                           xs.s2, xs.s3, align_corners, padding_mode, interpolation);
 }
 
 // kChannelsFastest (channels_last output): consecutive threads take consecutive channel groups of
 // one pixel; otherwise consecutive pixels of one channel group. Either way the writes coalesce.
 template <typename scalar_t, typename flow_t, typename index_t, bool kChannelsFastest>
 __global__ void __launch_bounds__(kThreads)
-forward_kernel(const scalar_t* __restrict__ x, const flow_t* __restrict__ flow,
-               scalar_t* __restrict__ out, Shape shape, Strides4<index_t> xs, Strides4<index_t> os,
-               Strides4<index_t> fs, index_t pixels, index_t groups, index_t total,
-               int64_t interpolation, int64_t padding_mode, bool align_corners) {
+    forward_kernel(const scalar_t* __restrict__ x, const flow_t* __restrict__ flow,
+                   scalar_t* __restrict__ out, Shape shape, Strides4<index_t> xs, Strides4<index_t> os,
+                   Strides4<index_t> fs, index_t pixels, index_t groups, index_t total, int64_t interpolation,
+                   int64_t padding_mode, bool align_corners) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t idx = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (idx >= total) return;
   const index_t c0 = (kChannelsFastest ? idx % groups : idx / pixels) * kForwardChannels;
   const index_t pixel = kChannelsFastest ? idx / groups : idx % pixels;
   index_t n, y, ix;
-  const PixelTaps<acc_t> t = taps_of_pixel<acc_t>(pixel, flow, shape, xs, fs, interpolation,
-                                                  padding_mode, align_corners, n, y, ix);
+  const PixelTaps<acc_t> t =
+      taps_of_pixel<acc_t>(pixel, flow, shape, xs, fs, interpolation, padding_mode, align_corners, n, y, ix);
   const index_t cn = min(static_cast<index_t>(kForwardChannels), static_cast<index_t>(shape.c) - c0);
   const scalar_t* in = x + n * xs.s0 + c0 * xs.s1;
   scalar_t* o = out + n * os.s0 + c0 * os.s1 + y * os.s2 + ix * os.s3;
@@ -106,12 +107,11 @@ forward_kernel(const scalar_t* __restrict__ x, const flow_t* __restrict__ flow,
   }
 }
 
-void forward_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out,
-                  int64_t interpolation, int64_t padding_mode, bool align_corners) {
+void forward_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor& out, int64_t interpolation,
+                  int64_t padding_mode, bool align_corners) {
   check_flow_warp_args("vsr_fast::flow_warp", x, flow, interpolation, padding_mode);
   TORCH_CHECK(x.is_cuda(), "vsr_fast::flow_warp: CUDA kernel called with x on ", x.device());
-  TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() &&
-                  out.device() == x.device(),
+  TORCH_CHECK(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() && out.device() == x.device(),
               "vsr_fast::flow_warp: output must match x ", x.sizes(), " ", x.scalar_type(), ", got ",
               out.sizes(), " ", out.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
@@ -129,11 +129,10 @@ void forward_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor&
       using flow_t = decltype(flow_zero);
       forward_kernel<scalar_t, flow_t, index_t, decltype(channels_fastest_c)::value>
           <<<blocks, kThreads, 0, stream>>>(
-              x.const_data_ptr<scalar_t>(), flow.const_data_ptr<flow_t>(),
-              out.mutable_data_ptr<scalar_t>(), shape, strides_of<index_t>(x),
-              strides_of<index_t>(out), strides_of<index_t>(flow), static_cast<index_t>(pixels),
-              static_cast<index_t>(groups), static_cast<index_t>(total), interpolation,
-              padding_mode, align_corners);
+              x.const_data_ptr<scalar_t>(), flow.const_data_ptr<flow_t>(), out.mutable_data_ptr<scalar_t>(),
+              shape, strides_of<index_t>(x), strides_of<index_t>(out), strides_of<index_t>(flow),
+              static_cast<index_t>(pixels), static_cast<index_t>(groups), static_cast<index_t>(total),
+              interpolation, padding_mode, align_corners);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     const bool small = fits_int32({&x, &flow, &out}, total);
@@ -156,17 +155,17 @@ at::Tensor flow_warp_cuda(const at::Tensor& x, const at::Tensor& flow, int64_t i
 
 template <typename scalar_t, typename flow_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
-backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
-                const flow_t* __restrict__ flow, at::opmath_type<scalar_t>* __restrict__ grad_x,
-                flow_t* __restrict__ grad_flow, Shape shape, Strides4<index_t> gs,
-                Strides4<index_t> xs, Strides4<index_t> fs, Strides4<index_t> gfs, index_t pixels,
-                int64_t interpolation, int64_t padding_mode, bool align_corners) {
+    backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
+                    const flow_t* __restrict__ flow, at::opmath_type<scalar_t>* __restrict__ grad_x,
+                    flow_t* __restrict__ grad_flow, Shape shape, Strides4<index_t> gs, Strides4<index_t> xs,
+                    Strides4<index_t> fs, Strides4<index_t> gfs, index_t pixels, int64_t interpolation,
+                    int64_t padding_mode, bool align_corners) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t pixel = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (pixel >= pixels) return;
   index_t n, y, ix;
-  const PixelTaps<acc_t> t = taps_of_pixel<acc_t>(pixel, flow, shape, xs, fs, interpolation,
-                                                  padding_mode, align_corners, n, y, ix);
+  const PixelTaps<acc_t> t =
+      taps_of_pixel<acc_t>(pixel, flow, shape, xs, fs, interpolation, padding_mode, align_corners, n, y, ix);
   const scalar_t* g = grad_out + n * gs.s0 + y * gs.s2 + ix * gs.s3;
   const scalar_t* in = x + n * xs.s0;
   acc_t* gx = grad_x ? grad_x + n * xs.s0 : nullptr;
@@ -195,9 +194,10 @@ backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restric
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& flow,
-    int64_t interpolation, int64_t padding_mode, bool align_corners, std::array<bool, 2> output_mask) {
+std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x_in,
+                                                           const at::Tensor& flow, int64_t interpolation,
+                                                           int64_t padding_mode, bool align_corners,
+                                                           std::array<bool, 2> output_mask) {
   check_flow_warp_backward_args(grad_out, x_in, flow, interpolation, padding_mode);
   TORCH_CHECK(x_in.is_cuda(), "vsr_fast::_flow_warp_backward: CUDA kernel called with x on ", x_in.device());
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -213,28 +213,29 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(
   const int64_t pixels = shape.n * shape.h * shape.w;
   const int64_t blocks = (pixels + kThreads - 1) / kThreads;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vsr_fast::_flow_warp_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor grad_x_acc = need_x ? grad_x_accumulator(x, grad_x, acc_type) : at::Tensor();
-    auto launch = [&](auto index_zero, auto flow_zero) {
-      using index_t = decltype(index_zero);
-      using flow_t = decltype(flow_zero);
-      backward_kernel<scalar_t, flow_t, index_t><<<blocks, kThreads, 0, stream>>>(
-          grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-          flow.const_data_ptr<flow_t>(), need_x ? grad_x_acc.mutable_data_ptr<acc_t>() : nullptr,
-          need_flow ? grad_flow.mutable_data_ptr<flow_t>() : nullptr, shape,
-          strides_of<index_t>(grad_out), strides_of<index_t>(x), strides_of<index_t>(flow),
-          need_flow ? strides_of<index_t>(grad_flow) : Strides4<index_t>{0, 0, 0, 0},
-          static_cast<index_t>(pixels), interpolation, padding_mode, align_corners);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    const bool small = fits_int32({&grad_out, &x, &flow}, pixels);
-    with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
-      small ? launch(int32_t{0}, flow_zero) : launch(int64_t{0}, flow_zero);
-    });
-    if (need_x && !grad_x_acc.is_same(grad_x)) grad_x.copy_(grad_x_acc);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "vsr_fast::_flow_warp_backward", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+        const at::Tensor grad_x_acc = need_x ? grad_x_accumulator(x, grad_x, acc_type) : at::Tensor();
+        auto launch = [&](auto index_zero, auto flow_zero) {
+          using index_t = decltype(index_zero);
+          using flow_t = decltype(flow_zero);
+          backward_kernel<scalar_t, flow_t, index_t><<<blocks, kThreads, 0, stream>>>(
+              grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+              flow.const_data_ptr<flow_t>(), need_x ? grad_x_acc.mutable_data_ptr<acc_t>() : nullptr,
+              need_flow ? grad_flow.mutable_data_ptr<flow_t>() : nullptr, shape,
+              strides_of<index_t>(grad_out), strides_of<index_t>(x), strides_of<index_t>(flow),
+              need_flow ? strides_of<index_t>(grad_flow) : Strides4<index_t>{0, 0, 0, 0},
+              static_cast<index_t>(pixels), interpolation, padding_mode, align_corners);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        };
+        const bool small = fits_int32({&grad_out, &x, &flow}, pixels);
+        with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
+          small ? launch(int32_t{0}, flow_zero) : launch(int64_t{0}, flow_zero);
+        });
+        if (need_x && !grad_x_acc.is_same(grad_x)) grad_x.copy_(grad_x_acc);
+      });
   return {grad_x, grad_flow};
 }
 

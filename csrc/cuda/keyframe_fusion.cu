@@ -15,8 +15,8 @@
 namespace vsr_fast {
 namespace {
 
-at::Tensor keyframe_fusion_cuda(const at::Tensor& state, const at::Tensor& refill,
-                                const at::Tensor& weight, const at::Tensor& bias) {
+at::Tensor keyframe_fusion_cuda(const at::Tensor& state, const at::Tensor& refill, const at::Tensor& weight,
+                                const at::Tensor& bias) {
   check_keyframe_fusion_args(state, refill, weight, bias);
   const c10::cuda::CUDAGuard guard(state.device());
   const auto format = state.suggest_memory_format();
@@ -28,8 +28,8 @@ at::Tensor keyframe_fusion_cuda(const at::Tensor& state, const at::Tensor& refil
   const std::vector<int64_t> ones = {1, 1};
   const int64_t cs = state.size(1);
   auto conv = [&](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
-    return at::convolution(x.contiguous(at::MemoryFormat::ChannelsLast), w, b, ones, ones, ones,
-                           false, {0, 0}, 1);
+    return at::convolution(x.contiguous(at::MemoryFormat::ChannelsLast), w, b, ones, ones, ones, false,
+                           {0, 0}, 1);
   };
   at::Tensor out = conv(state, weight.narrow(1, 0, cs), bias);
   out.add_(conv(refill, weight.narrow(1, cs, refill.size(1)), std::nullopt));

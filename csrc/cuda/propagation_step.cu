@@ -16,8 +16,9 @@ namespace vsr_fast {
 namespace {
 
 at::Tensor propagation_step_cuda(const at::Tensor& lr, const std::optional<at::Tensor>& feature,
-                                 const std::optional<at::Tensor>& state, const std::optional<at::Tensor>& flow,
-                                 at::TensorList weights, at::TensorList biases) {
+                                 const std::optional<at::Tensor>& state,
+                                 const std::optional<at::Tensor>& flow, at::TensorList weights,
+                                 at::TensorList biases) {
   const char* op = "vsr_fast::propagation_step";
   const int64_t channels = check_propagation_step_args(lr, feature, state, flow, weights, biases);
   TORCH_CHECK(lr.is_cuda(), op, ": CUDA kernel called with lr on ", lr.device());
@@ -27,10 +28,12 @@ at::Tensor propagation_step_cuda(const at::Tensor& lr, const std::optional<at::T
   if (n * channels * height * width == 0) {
     return at::empty({n, channels, height, width}, lr.options().memory_format(format));
   }
-  const at::Tensor input = assemble_step_input(
-      lr, feature, state, flow, channels, [](const at::Tensor& s, const at::Tensor& f, const at::Tensor& out) {
-        flow_warp_cuda_into(s, f, out, flow_warp_math::kBilinear, flow_warp_math::kZeros, /*align_corners=*/true);
-      });
+  const at::Tensor input =
+      assemble_step_input(lr, feature, state, flow, channels,
+                          [](const at::Tensor& s, const at::Tensor& f, const at::Tensor& out) {
+                            flow_warp_cuda_into(s, f, out, flow_warp_math::kBilinear, flow_warp_math::kZeros,
+                                                /*align_corners=*/true);
+                          });
   // The trunk returns channels_last; convert only when the op's first input is in another format.
   const at::Tensor out = residual_trunk_cuda_channels_last(op, input, weights, biases);
   return format == at::MemoryFormat::ChannelsLast ? out : out.contiguous(format);

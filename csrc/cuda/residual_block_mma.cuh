@@ -23,19 +23,19 @@
 namespace vsr_fast {
 namespace residual_block_mma {
 
-constexpr int kC = 64;                       // channels (in = out)
-constexpr int kTileH = 8, kTileW = 16;       // output tile
+constexpr int kC = 64;                                 // channels (in = out)
+constexpr int kTileH = 8, kTileW = 16;                 // output tile
 constexpr int kMidH = kTileH + 2, kMidW = kTileW + 2;  // relu(conv1) tile
 constexpr int kInH = kTileH + 4, kInW = kTileW + 4;    // x tile
-constexpr int kMidPixels = kMidH * kMidW;    // 180
-constexpr int kInPixels = kInH * kInW;       // 240
-constexpr int kThreads = 256;                // 8 warps
-constexpr int kPixelBytes = kC * 2;          // one swizzled row: 8 chunks of 16 bytes
-constexpr int kTapElems = kC * kC;           // one tap of one conv: [n = 64][k = 64]
+constexpr int kMidPixels = kMidH * kMidW;              // 180
+constexpr int kInPixels = kInH * kInW;                 // 240
+constexpr int kThreads = 256;                          // 8 warps
+constexpr int kPixelBytes = kC * 2;                    // one swizzled row: 8 chunks of 16 bytes
+constexpr int kTapElems = kC * kC;                     // one tap of one conv: [n = 64][k = 64]
 constexpr int kTapBytes = kTapElems * 2;
 constexpr int kTaps = 9;
-constexpr int kStages = 2 * kTaps;           // conv1 taps then conv2 taps, one weight slot each
-constexpr int kWSlots = 3;                   // cp.async ring depth for the weights
+constexpr int kStages = 2 * kTaps;  // conv1 taps then conv2 taps, one weight slot each
+constexpr int kWSlots = 3;          // cp.async ring depth for the weights
 constexpr int kInBytes = kInPixels * kPixelBytes;
 constexpr int kMidBytes = kMidPixels * kPixelBytes;
 constexpr int kSmemBytes = kInBytes + kMidBytes + kWSlots * kTapBytes;
@@ -117,8 +117,8 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 template <>
-__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
-                                                         uint32_t b0, uint32_t b1) {
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                         uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
@@ -159,8 +159,8 @@ __device__ __forceinline__ void advance_pipeline(uint32_t w_smem, const T* __res
 // weights (kBlockWeightElems), b: [2][64] (conv1 bias, conv2 bias). out must not alias x.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 2)
-residual_block_kernel(const T* __restrict__ x, T* __restrict__ out, const T* __restrict__ w,
-                      const T* __restrict__ b, int height, int width, int tiles_x, int tiles_y) {
+    residual_block_kernel(const T* __restrict__ x, T* __restrict__ out, const T* __restrict__ w,
+                          const T* __restrict__ b, int height, int width, int tiles_x, int tiles_y) {
   const int tile = static_cast<int>(blockIdx.x);
   const int tx = tile % tiles_x;
   const int ty = (tile / tiles_x) % tiles_y;
@@ -178,7 +178,7 @@ residual_block_kernel(const T* __restrict__ x, T* __restrict__ out, const T* __r
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int g = lane >> 2, t = lane & 3;  // mma C/D fragment row group and column pair
-  const int nhalf = warp >> 2;             // this warp's 32 output channels
+  const int nhalf = warp >> 2;            // this warp's 32 output channels
   const T* const x_img = x + img * height * width * kC;
 
   // x tile with a 2-pixel border; outside the image cp.async zero-fills.
@@ -297,7 +297,8 @@ residual_block_kernel(const T* __restrict__ x, T* __restrict__ out, const T* __r
       for (int kk = 0; kk < kC / 16; ++kk) {
         uint32_t a[2][4];
 #pragma unroll
-        for (int i = 0; i < 2; ++i) ldmatrix_x4(a[i], mid_smem + swizzled(a_pixel[i] + shift, kk * 2 + a_half));
+        for (int i = 0; i < 2; ++i)
+          ldmatrix_x4(a[i], mid_smem + swizzled(a_pixel[i] + shift, kk * 2 + a_half));
         uint32_t bf[2][4];
 #pragma unroll
         for (int j = 0; j < 2; ++j) ldmatrix_x4(bf[j], w_slot + swizzled(b_row + 16 * j, kk * 2 + b_half));

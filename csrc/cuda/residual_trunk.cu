@@ -82,8 +82,8 @@ enum class Epilogue { kLeakyRelu, kRelu, kResidual };
 // h and c may be the same tensor (in-place epilogues), so neither is __restrict__.
 template <typename scalar_t, Epilogue kMode, typename index_t>
 __global__ void __launch_bounds__(kThreads)
-epilogue_kernel(scalar_t* h, const scalar_t* c, const scalar_t* __restrict__ bias, index_t total,
-                index_t channels) {
+    epilogue_kernel(scalar_t* h, const scalar_t* c, const scalar_t* __restrict__ bias, index_t total,
+                    index_t channels) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t stride = static_cast<index_t>(gridDim.x) * kThreads;
   for (index_t i = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x; i < total; i += stride) {
@@ -117,9 +117,9 @@ void run_epilogue(at::Tensor& h, const at::Tensor& c, const at::Tensor& bias) {
           static_cast<int32_t>(total), static_cast<int32_t>(h.size(1)));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
-      epilogue_kernel<scalar_t, kMode, int64_t><<<blocks, kThreads, 0, stream>>>(
-          h.mutable_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
-          total, h.size(1));
+      epilogue_kernel<scalar_t, kMode, int64_t>
+          <<<blocks, kThreads, 0, stream>>>(h.mutable_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
+                                            b.const_data_ptr<scalar_t>(), total, h.size(1));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -139,8 +139,7 @@ ConvSettings conv_settings(const at::Tensor& x) {
   // fp64 and cuDNN-disabled runs go through at::convolution, which picks whatever backend it likes.
   const bool dtype_ok = st == at::kFloat || st == at::kHalf || st == at::kBFloat16;
   return {dtype_ok && ctx.userEnabledCuDNN() && at::Context::hasCuDNN(), ctx.benchmarkCuDNN(),
-          ctx.deterministicCuDNN() || ctx.deterministicAlgorithms(),
-          ctx.allowTF32CuDNN(at::Float32Op::CONV)};
+          ctx.deterministicCuDNN() || ctx.deterministicAlgorithms(), ctx.allowTF32CuDNN(at::Float32Op::CONV)};
 }
 
 // Direct cuDNN calls skip at::convolution's own checks, so keep them to the cases it would send to
@@ -193,8 +192,8 @@ CudnnFusionSupport& cudnn_fusion_support() {
 at::Tensor conv3x3_bias_relu(const at::Tensor& h, const at::Tensor& w, const at::Tensor& b,
                              at::Tensor& scratch, const ConvSettings& cs) {
   if (direct_cudnn_ok(cs, h, scratch)) {
-    const std::string key = std::to_string(h.get_device()) + ":" + c10::toString(h.scalar_type()) +
-                            ":" + (cs.allow_tf32 ? "tf32" : "fp32");
+    const std::string key = std::to_string(h.get_device()) + ":" + c10::toString(h.scalar_type()) + ":" +
+                            (cs.allow_tf32 ? "tf32" : "fp32");
     int state = cudnn_fusion_support().state(key);
     if (state == -1 && !stream_is_capturing()) {
       try {
@@ -226,7 +225,8 @@ std::vector<at::Tensor> channels_last_weights(at::TensorList ws) {
   if (ws.empty()) return out;
   const at::Tensor packed = at::stack(ws).permute({0, 1, 3, 4, 2}).contiguous();  // [L, n, ky, kx, k]
   out.reserve(ws.size());
-  for (int64_t i = 0; i < static_cast<int64_t>(ws.size()); ++i) out.push_back(packed[i].permute({0, 3, 1, 2}));
+  for (int64_t i = 0; i < static_cast<int64_t>(ws.size()); ++i)
+    out.push_back(packed[i].permute({0, 3, 1, 2}));
   return out;
 }
 
@@ -298,12 +298,13 @@ std::string fused_unsupported_reason(const at::Tensor& h, int64_t channels) {
     return std::string("it needs float16 or bfloat16, got ") + c10::toString(h.scalar_type());
   const DeviceInfo d = device_info(h.get_device());
   if (d.major < 8)
-    return "it needs compute capability >= 8.0, got " + std::to_string(d.major) + "." + std::to_string(d.minor);
+    return "it needs compute capability >= 8.0, got " + std::to_string(d.major) + "." +
+           std::to_string(d.minor);
   if (d.smem_optin < rb::kSmemBytes)
-    return "it needs " + std::to_string(rb::kSmemBytes) + " bytes of shared memory per block, the device allows " +
-           std::to_string(d.smem_optin);
-  const int64_t tiles = h.size(0) * ((h.size(2) + rb::kTileH - 1) / rb::kTileH) *
-                        ((h.size(3) + rb::kTileW - 1) / rb::kTileW);
+    return "it needs " + std::to_string(rb::kSmemBytes) +
+           " bytes of shared memory per block, the device allows " + std::to_string(d.smem_optin);
+  const int64_t tiles =
+      h.size(0) * ((h.size(2) + rb::kTileH - 1) / rb::kTileH) * ((h.size(3) + rb::kTileW - 1) / rb::kTileW);
   if (tiles > kInt32Max || h.size(2) > kInt32Max / 2 || h.size(3) > kInt32Max / 2)
     return "the input is too large for its 32-bit tile grid, got " + c10::str(h.sizes());
   return "";
@@ -339,7 +340,8 @@ void launch_fused_block(const at::Tensor& in, at::Tensor& out, const at::Tensor&
     using T = typename CudaType<scalar_t>::type;
     const auto kernel = rb::residual_block_kernel<T>;
     allow_large_smem<T>(reinterpret_cast<const void*>(kernel), in.get_device());
-    const T* w = reinterpret_cast<const T*>(w_packed.const_data_ptr<scalar_t>()) + block * rb::kBlockWeightElems;
+    const T* w =
+        reinterpret_cast<const T*>(w_packed.const_data_ptr<scalar_t>()) + block * rb::kBlockWeightElems;
     const T* b = reinterpret_cast<const T*>(b_packed.const_data_ptr<scalar_t>()) + block * 2 * rb::kC;
     kernel<<<static_cast<unsigned>(tiles), rb::kThreads, rb::kSmemBytes, stream>>>(
         reinterpret_cast<const T*>(in.const_data_ptr<scalar_t>()),
@@ -389,7 +391,8 @@ class FusedSelfCheck {
   bool passed(const at::Tensor& h) {
     const char* hook_env = std::getenv("VSR_FAST_TRUNK_SELFCHECK_INJECT");
     const std::string hook = hook_env ? hook_env : "";
-    const std::string key = std::to_string(h.get_device()) + ":" + c10::toString(h.scalar_type()) + ":" + hook;
+    const std::string key =
+        std::to_string(h.get_device()) + ":" + c10::toString(h.scalar_type()) + ":" + hook;
     std::lock_guard<std::mutex> lock(mu_);
     const auto it = results_.find(key);
     if (it != results_.end()) return it->second;
@@ -407,9 +410,11 @@ class FusedSelfCheck {
 
  private:
   static void warn_cannot_run(const std::string& where, const char* what) {
-    TORCH_WARN("vsr_fast::residual_trunk: the fused CUDA residual-block kernel could not run its self-check on ",
-               where, " (", what, "); the library (cuDNN) path is used on this device for this dtype. "
-               "Set VSR_FAST_TRUNK_IMPL=library to skip the check.");
+    TORCH_WARN(
+        "vsr_fast::residual_trunk: the fused CUDA residual-block kernel could not run its self-check on ",
+        where, " (", what,
+        "); the library (cuDNN) path is used on this device for this dtype. "
+        "Set VSR_FAST_TRUNK_IMPL=library to skip the check.");
   }
 
   static bool run_probe(c10::Device device, at::ScalarType dtype, bool corrupt) {
@@ -447,9 +452,10 @@ class FusedSelfCheck {
     const double eps = dtype == at::kHalf ? 9.765625e-4 : 7.8125e-3;  // 2^-10, 2^-7: one ulp at 1
     const double tol = 8 * eps * std::max(1.0, scale);
     if (!(err <= tol)) {
-      TORCH_WARN("vsr_fast::residual_trunk: the fused CUDA residual-block kernel FAILED its self-check on ", where,
-                 ": max abs error ", err, " against the library (cuDNN) path on a probe of magnitude ", scale,
-                 " (tolerance ", tol, "). The fused path is disabled on this device for this dtype; results "
+      TORCH_WARN("vsr_fast::residual_trunk: the fused CUDA residual-block kernel FAILED its self-check on ",
+                 where, ": max abs error ", err, " against the library (cuDNN) path on a probe of magnitude ",
+                 scale, " (tolerance ", tol,
+                 "). The fused path is disabled on this device for this dtype; results "
                  "come from the library path. Please report this with your GPU model and driver.");
       return false;
     }
@@ -481,8 +487,9 @@ at::Tensor residual_trunk_cuda(const at::Tensor& x, at::TensorList weights, at::
   if (x.size(0) * channels * x.size(2) * x.size(3) == 0) {
     return at::empty({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(format));
   }
-  return in_format(residual_trunk_cuda_channels_last(op, x.contiguous(at::MemoryFormat::ChannelsLast), weights, biases),
-                   format);
+  return in_format(
+      residual_trunk_cuda_channels_last(op, x.contiguous(at::MemoryFormat::ChannelsLast), weights, biases),
+      format);
 }
 
 }  // namespace
@@ -490,7 +497,8 @@ at::Tensor residual_trunk_cuda(const at::Tensor& x, at::TensorList weights, at::
 // ---------------------------------------------------------------------------------------------
 // The trunk body, shared with propagation_step (cuda_kernels.h)
 
-at::Tensor residual_trunk_cuda_channels_last(const char* op, const at::Tensor& x_cl, at::TensorList weights, at::TensorList biases) {
+at::Tensor residual_trunk_cuda_channels_last(const char* op, const at::Tensor& x_cl, at::TensorList weights,
+                                             at::TensorList biases) {
   const ConvSettings cs = conv_settings(x_cl);
   at::Tensor h = input_conv(x_cl, weights[0], biases[0], cs);
   const int64_t blocks = static_cast<int64_t>(weights.size() / 2);
@@ -502,8 +510,10 @@ at::Tensor residual_trunk_cuda_channels_last(const char* op, const at::Tensor& x
       break;
     case Impl::kFused: {
       const std::string why = fused_unsupported_reason(h, h.size(1));
-      TORCH_CHECK(why.empty(), op, ": VSR_FAST_TRUNK_IMPL=fused, but the fused residual-block kernel cannot run "
-                  "here: ", why, " (trunk activations ", h.sizes(), ")");
+      TORCH_CHECK(why.empty(), op,
+                  ": VSR_FAST_TRUNK_IMPL=fused, but the fused residual-block kernel cannot run "
+                  "here: ",
+                  why, " (trunk activations ", h.sizes(), ")");
       fused = true;
       break;
     }

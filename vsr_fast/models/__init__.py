@@ -3,6 +3,7 @@
 Same constructor arguments and state-dict keys as mmagic's BasicVSRNet / IconVSRNet (and
 `vsr_fast.reference`), so official checkpoints load with `vsr_fast.checkpoint.load_checkpoint`.
 """
+
 from .basicvsr import BasicVSR
 from .iconvsr import IconVSR
 from .spynet import SPyNet

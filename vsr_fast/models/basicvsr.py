@@ -4,6 +4,7 @@ The recurrence, flows and reconstruction tail are the reference's (so outputs ma
 warp + concat + 30-block trunk is one fused op, SPyNet warps with vsr_fast.flow_warp, and the x4 tail
 runs in channels_last.
 """
+
 import torch
 
 from .. import reference
@@ -37,9 +38,11 @@ class BasicVSR(FastTailMixin, reference.BasicVSR):
         return flow_warp(feat, flow.permute(0, 2, 3, 1))
 
     def backward_step(self, lr, feat_prop, flow=None):
-        return propagation_step(lr, None, feat_prop, pixel_flow(flow),
-                                *trunk_parameters(self.backward_resblocks))
+        return propagation_step(
+            lr, None, feat_prop, pixel_flow(flow), *trunk_parameters(self.backward_resblocks)
+        )
 
     def forward_step(self, lr, feat_prop, flow=None):
-        return propagation_step(lr, None, feat_prop, pixel_flow(flow),
-                                *trunk_parameters(self.forward_resblocks))
+        return propagation_step(
+            lr, None, feat_prop, pixel_flow(flow), *trunk_parameters(self.forward_resblocks)
+        )

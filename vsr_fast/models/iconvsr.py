@@ -4,6 +4,7 @@ Steps without a keyframe are one propagation_step call (warp + concat + trunk); 
 fuse the refill feature with keyframe_fusion (no concat) and run the trunk. The EDVR refill extractor
 (PCD + DCNv2 + TSA) is still the pure-PyTorch reference: there is no fast DCN op yet.
 """
+
 from .. import reference
 from ..ops import flow_warp, keyframe_fusion, propagation_step, trunk_parameters
 from .basicvsr import FastTailMixin, pixel_flow
@@ -31,9 +32,11 @@ class IconVSR(FastTailMixin, reference.IconVSR):
         return propagation_step(lr, feat_backward, state, None, *trunk_parameters(trunk))
 
     def backward_step(self, lr, feat_prop, flow=None, feat_refill=None):
-        return self._step(lr, None, feat_prop, flow, feat_refill, self.backward_fusion,
-                          self.backward_resblocks)
+        return self._step(
+            lr, None, feat_prop, flow, feat_refill, self.backward_fusion, self.backward_resblocks
+        )
 
     def forward_step(self, lr, feat_backward, feat_prop, flow=None, feat_refill=None):
-        return self._step(lr, feat_backward, feat_prop, flow, feat_refill, self.forward_fusion,
-                          self.forward_resblocks)
+        return self._step(
+            lr, feat_backward, feat_prop, flow, feat_refill, self.forward_fusion, self.forward_resblocks
+        )

@@ -1,4 +1,5 @@
 """SPyNet with its pyramid warps through vsr_fast.flow_warp (border padding, fp32 coordinates)."""
+
 from .. import reference
 from ..ops import flow_warp
 

@@ -1,4 +1,5 @@
 """Python side of the vsr_fast operators: public wrappers, fake kernels, autograd formulas."""
+
 from .flow_warp import flow_warp
 from .keyframe_fusion import keyframe_fusion
 from .propagation_step import propagation_step

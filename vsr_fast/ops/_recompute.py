@@ -4,6 +4,7 @@ Only the op's inputs are saved; the backward pass re-runs an eager ATen version 
 autograd and differentiates it. Correct by construction, and only one op's activations are alive at
 a time. Inputs may be tensors, None, or lists of tensors (one needs_input_grad flag per input).
 """
+
 import torch
 
 __all__ = ["setup_recompute", "recompute_backward"]
@@ -36,8 +37,13 @@ def recompute_backward(ctx, eager_fn, grad_out):
             inputs.append(next(saved).detach().requires_grad_(bool(need)))
         else:
             inputs.append([next(saved).detach().requires_grad_(bool(need)) for _ in range(entry)])
-    wanted = [t for item in inputs if item is not None
-              for t in (item if isinstance(item, list) else [item]) if t.requires_grad]
+    wanted = [
+        t
+        for item in inputs
+        if item is not None
+        for t in (item if isinstance(item, list) else [item])
+        if t.requires_grad
+    ]
     if not wanted:
         return (None,) * len(inputs)
     with torch.enable_grad():

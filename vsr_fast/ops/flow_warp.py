@@ -1,4 +1,5 @@
 """vsr_fast::flow_warp: warp features by an optical flow in one pass (no grid tensor)."""
+
 import torch
 
 __all__ = ["flow_warp"]
@@ -30,21 +31,28 @@ def flow_warp(x, flow, interpolation="bilinear", padding_mode="zeros", align_cor
     whose fp16 grid is off by up to 0.25 px on wide frames. Differentiable in x and flow (first order).
     """
     return torch.ops.vsr_fast.flow_warp(
-        x, flow, _mode("interpolation", interpolation, INTERPOLATION),
-        _mode("padding_mode", padding_mode, PADDING_MODE), bool(align_corners))
+        x,
+        flow,
+        _mode("interpolation", interpolation, INTERPOLATION),
+        _mode("padding_mode", padding_mode, PADDING_MODE),
+        bool(align_corners),
+    )
 
 
 @torch.library.register_fake("vsr_fast::flow_warp")
 def _flow_warp_fake(x, flow, interpolation, padding_mode, align_corners):
-    torch._check(x.dim() == 4 and flow.dim() == 4,
-                 lambda: f"vsr_fast::flow_warp: expected x [N, C, H, W] and flow [N, H, W, 2], "
-                         f"got {list(x.shape)} and {list(flow.shape)}")
+    torch._check(
+        x.dim() == 4 and flow.dim() == 4,
+        lambda: (
+            f"vsr_fast::flow_warp: expected x [N, C, H, W] and flow [N, H, W, 2], "
+            f"got {list(x.shape)} and {list(flow.shape)}"
+        ),
+    )
     return torch.empty_like(x)
 
 
 @torch.library.register_fake("vsr_fast::_flow_warp_backward")
-def _flow_warp_backward_fake(grad_out, x, flow, interpolation, padding_mode, align_corners,
-                             output_mask):
+def _flow_warp_backward_fake(grad_out, x, flow, interpolation, padding_mode, align_corners, output_mask):
     grad_x = torch.empty_like(x) if output_mask[0] else x.new_empty(0)
     grad_flow = torch.empty_like(flow) if output_mask[1] else flow.new_empty(0)
     return grad_x, grad_flow
@@ -62,7 +70,8 @@ def _backward(ctx, grad_out):
     if not (need_x or need_flow):
         return None, None, None, None, None
     grad_x, grad_flow = torch.ops.vsr_fast._flow_warp_backward(
-        grad_out, x, flow, *ctx.modes, [need_x, need_flow])
+        grad_out, x, flow, *ctx.modes, [need_x, need_flow]
+    )
     return (grad_x if need_x else None), (grad_flow if need_flow else None), None, None, None
 
 

@@ -1,4 +1,5 @@
 """vsr_fast::keyframe_fusion: IconVSR's keyframe refill fusion without the concatenation."""
+
 import torch
 from torch._prims_common import suggest_memory_format
 
@@ -16,9 +17,12 @@ def keyframe_fusion(state, refill, weight, bias):
 
 @torch.library.register_fake("vsr_fast::keyframe_fusion")
 def _fake(state, refill, weight, bias):
-    return torch.empty((state.shape[0], weight.shape[0], state.shape[2], state.shape[3]),
-                       dtype=state.dtype, device=state.device,
-                       memory_format=suggest_memory_format(state))
+    return torch.empty(
+        (state.shape[0], weight.shape[0], state.shape[2], state.shape[3]),
+        dtype=state.dtype,
+        device=state.device,
+        memory_format=suggest_memory_format(state),
+    )
 
 
 def _setup(ctx, inputs, output):

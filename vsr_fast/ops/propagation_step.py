@@ -7,6 +7,7 @@ positions, where the reference's grid_sample gets a grid rounded to the storage 
 gradient is the one of the function the forward computed. The warp is a small part of the step's
 cost either way (docs/design.md, "Backward by recomputation").
 """
+
 import functools
 
 import torch

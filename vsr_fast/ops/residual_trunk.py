@@ -4,6 +4,7 @@ Backward is by recomputation: only the op's inputs are saved, and the backward p
 the reference trunk (`vsr_fast.reference.residual_trunk`, plain ATen operators) re-run under autograd,
 so only one trunk's activations are alive at a time during training.
 """
+
 import torch
 from torch._prims_common import suggest_memory_format
 
@@ -30,8 +31,12 @@ def residual_trunk(x, weights, biases):
 
 
 def output_like(x, channels):
-    return torch.empty((x.shape[0], channels, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
-                       memory_format=suggest_memory_format(x))
+    return torch.empty(
+        (x.shape[0], channels, x.shape[2], x.shape[3]),
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=suggest_memory_format(x),
+    )
 
 
 @torch.library.register_fake("vsr_fast::residual_trunk")

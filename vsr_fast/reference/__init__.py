@@ -3,6 +3,7 @@
 Imports nothing from the rest of vsr_fast but `vsr_fast.checkpoint` (the layer below it, which
 depends on nothing of vsr_fast), for the models' ``*_pretrained`` files; docs/design.md, "Layers".
 """
+
 from .basicvsr import BasicVSR
 from .blocks import ConvModule, PixelShufflePack, ResidualBlockNoBN, ResidualBlocksWithInputConv
 from .dcn import ModulatedDCNPack, modulated_deform_conv2d
@@ -15,7 +16,21 @@ from .residual_trunk import residual_trunk
 from .spynet import SPyNet, SPyNetBasicModule
 
 __all__ = [
-    "flow_warp", "residual_trunk", "propagation_step", "keyframe_fusion", "SPyNet", "SPyNetBasicModule", "BasicVSR", "IconVSR", "EDVRFeatureExtractor",
-    "PCDAlignment", "TSAFusion", "ModulatedDCNPack", "modulated_deform_conv2d", "ResidualBlockNoBN",
-    "ResidualBlocksWithInputConv", "PixelShufflePack", "ConvModule",
+    "flow_warp",
+    "residual_trunk",
+    "propagation_step",
+    "keyframe_fusion",
+    "SPyNet",
+    "SPyNetBasicModule",
+    "BasicVSR",
+    "IconVSR",
+    "EDVRFeatureExtractor",
+    "PCDAlignment",
+    "TSAFusion",
+    "ModulatedDCNPack",
+    "modulated_deform_conv2d",
+    "ResidualBlockNoBN",
+    "ResidualBlocksWithInputConv",
+    "PixelShufflePack",
+    "ConvModule",
 ]

@@ -4,6 +4,7 @@ The loop is written as small public methods (``compute_flow``, ``backward_step``
 ``fuse``, ``reconstruct``) so that the fast models and the long-video engine can reuse or replace one
 piece at a time and be compared against the rest of this reference.
 """
+
 import warnings
 
 import torch
@@ -49,7 +50,10 @@ class _RecurrentVSRBase(nn.Module):
             warnings.warn(
                 f"{type(self).__name__}: the input is {h}x{w}; the model is designed for inputs of at "
                 f"least {MIN_RECOMMENDED_SIZE}x{MIN_RECOMMENDED_SIZE} (SPyNet's pyramid gets too coarse "
-                f"below that), results may be poor", UserWarning, stacklevel=3)
+                f"below that), results may be poor",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def check_if_mirror_extended(self, lrs):
         """Set ``is_mirror_extended``: T even and the second half is exactly the first half reversed.

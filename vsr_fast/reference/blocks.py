@@ -4,6 +4,7 @@ Attribute names follow mmagic so that state-dict keys match the official lists (
 initialisers reproduce mmagic's (they only matter when training from scratch: every test and every
 user loads weights).
 """
+
 import math
 
 import torch.nn as nn
@@ -13,8 +14,13 @@ import torch.nn.functional as F
 from ..checkpoint import load_checkpoint
 
 __all__ = [
-    "ConvModule", "ResidualBlockNoBN", "ResidualBlocksWithInputConv", "PixelShufflePack",
-    "default_init_weights", "make_layer", "lrelu",
+    "ConvModule",
+    "ResidualBlockNoBN",
+    "ResidualBlocksWithInputConv",
+    "PixelShufflePack",
+    "default_init_weights",
+    "make_layer",
+    "lrelu",
 ]
 
 # One slope for the whole family: BasicVSR/IconVSR/EDVR never use 0.2.
@@ -120,8 +126,11 @@ class PixelShufflePack(nn.Module):
         self.scale_factor = scale_factor
         self.upsample_kernel = upsample_kernel
         self.upsample_conv = nn.Conv2d(
-            in_channels, out_channels * scale_factor * scale_factor, upsample_kernel,
-            padding=(upsample_kernel - 1) // 2)
+            in_channels,
+            out_channels * scale_factor * scale_factor,
+            upsample_kernel,
+            padding=(upsample_kernel - 1) // 2,
+        )
         default_init_weights(self, 1)
 
     def forward(self, x):

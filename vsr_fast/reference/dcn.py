@@ -8,6 +8,7 @@ Sampling is done with explicit corner gathers rather than ``grid_sample``: it ke
 pixel units (no normalise/denormalise round trip), so this stays a bit-faithful statement of the maths
 for the compiled kernels to be compared against. It is differentiable in x, offset, mask, weight, bias.
 """
+
 import torch
 import torch.nn as nn
 
@@ -40,7 +41,7 @@ def _bilinear_gather(x, py, px):
             yy = y0 + dy
             xx = x0 + dx
             valid = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            idx = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1))  # (N, G, P)
+            idx = yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)  # (N, G, P)
             vals = torch.gather(flat, 3, idx.unsqueeze(2).expand(n, g, cg, idx.shape[-1]))
             wgt = (wy * wx * valid.to(wy.dtype)).unsqueeze(2)
             term = vals * wgt
@@ -48,8 +49,9 @@ def _bilinear_gather(x, py, px):
     return out
 
 
-def modulated_deform_conv2d(x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1,
-                            deform_groups=8):
+def modulated_deform_conv2d(
+    x, offset, mask, weight, bias=None, stride=1, padding=1, dilation=1, deform_groups=8
+):
     """DCNv2: ``out = conv(weight, bilinear(x, p0 + p_k + offset_k) * mask_k) + bias``.
 
     x (N, C, H, W); offset (N, 2 * G * kh * kw, Ho, Wo); mask (N, G * kh * kw, Ho, Wo), already
@@ -59,8 +61,10 @@ def modulated_deform_conv2d(x, offset, mask, weight, bias=None, stride=1, paddin
     ph, pw = _pair(padding)
     dh, dw = _pair(dilation)
     if x.dim() != 4 or weight.dim() != 4:
-        raise ValueError(f"modulated_deform_conv2d: expected 4-D x and weight, got {list(x.shape)} "
-                         f"and {list(weight.shape)}")
+        raise ValueError(
+            f"modulated_deform_conv2d: expected 4-D x and weight, got {list(x.shape)} "
+            f"and {list(weight.shape)}"
+        )
     n, c, h, w = x.shape
     cout, cin, kh, kw = weight.shape
     g = deform_groups
@@ -74,16 +78,19 @@ def modulated_deform_conv2d(x, offset, mask, weight, bias=None, stride=1, paddin
     if tuple(offset.shape) != (n, 2 * g * k, ho, wo) or tuple(mask.shape) != (n, g * k, ho, wo):
         raise ValueError(
             f"modulated_deform_conv2d: expected offset {[n, 2 * g * k, ho, wo]} and mask "
-            f"{[n, g * k, ho, wo]}, got {list(offset.shape)} and {list(mask.shape)}")
+            f"{[n, g * k, ho, wo]}, got {list(offset.shape)} and {list(mask.shape)}"
+        )
     if bias is not None and tuple(bias.shape) != (cout,):
         raise ValueError(f"modulated_deform_conv2d: bias must be ({cout},), got {list(bias.shape)}")
 
     dtype, dev = x.dtype, x.device
     # base sampling position of tap (i, j) for output (oy, ox): (oy*sh - ph + i*dh, ox*sw - pw + j*dw)
-    base_y = (torch.arange(ho, device=dev, dtype=dtype) * sh - ph).view(1, ho, 1) \
-        + (torch.arange(kh, device=dev, dtype=dtype) * dh).repeat_interleave(kw).view(k, 1, 1)
-    base_x = (torch.arange(wo, device=dev, dtype=dtype) * sw - pw).view(1, 1, wo) \
-        + (torch.arange(kw, device=dev, dtype=dtype) * dw).repeat(kh).view(k, 1, 1)
+    base_y = (torch.arange(ho, device=dev, dtype=dtype) * sh - ph).view(1, ho, 1) + (
+        torch.arange(kh, device=dev, dtype=dtype) * dh
+    ).repeat_interleave(kw).view(k, 1, 1)
+    base_x = (torch.arange(wo, device=dev, dtype=dtype) * sw - pw).view(1, 1, wo) + (
+        torch.arange(kw, device=dev, dtype=dtype) * dw
+    ).repeat(kh).view(k, 1, 1)
     off = offset.view(n, g, k, 2, ho, wo)
     py = (base_y + off[:, :, :, 0]).reshape(n, g, k * ho * wo)
     px = (base_x + off[:, :, :, 1]).reshape(n, g, k * ho * wo)
@@ -105,8 +112,18 @@ class ModulatedDCNPack(nn.Module):
     is BasicVSR++). Parameter names ``weight``, ``bias``, ``conv_offset.*`` match mmagic and BasicSR.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, dilation=1,
-                 groups=1, deform_groups=8, bias=True):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=1,
+        padding=1,
+        dilation=1,
+        groups=1,
+        deform_groups=8,
+        bias=True,
+    ):
         super().__init__()
         if groups != 1:
             raise ValueError("ModulatedDCNPack: only groups=1 is used by EDVR and supported here")
@@ -120,8 +137,15 @@ class ModulatedDCNPack(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         k = self.kernel_size[0] * self.kernel_size[1]
-        self.conv_offset = nn.Conv2d(in_channels, deform_groups * 3 * k, self.kernel_size,
-                                     stride=stride, padding=padding, dilation=dilation, bias=True)
+        self.conv_offset = nn.Conv2d(
+            in_channels,
+            deform_groups * 3 * k,
+            self.kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            bias=True,
+        )
         _uniform_fan_in_(self.weight, self.bias)
         # zero offsets and mask 0.5 at the start: the pack begins as a plain (halved) conv
         nn.init.zeros_(self.conv_offset.weight)
@@ -132,5 +156,14 @@ class ModulatedDCNPack(nn.Module):
         o1, o2, mask = torch.chunk(out, 3, dim=1)
         offset = torch.cat((o1, o2), dim=1)
         mask = torch.sigmoid(mask)
-        return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride,
-                                       self.padding, self.dilation, self.deform_groups)
+        return modulated_deform_conv2d(
+            x,
+            offset,
+            mask,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.deform_groups,
+        )

@@ -3,6 +3,7 @@
 Feature pyramid -> PCD alignment (modulated deformable convs, every frame to the centre frame) -> TSA
 fusion. There is no reconstruction trunk or upsampler: IconVSR only needs the fused features.
 """
+
 import torch
 import torch.nn as nn
 
@@ -35,16 +36,19 @@ class PCDAlignment(nn.Module):
             else:
                 self.offset_conv2[level] = ConvModule(mid_channels * 2, mid_channels, 3, padding=1)
                 self.offset_conv3[level] = ConvModule(mid_channels, mid_channels, 3, padding=1)
-            self.dcn_pack[level] = ModulatedDCNPack(mid_channels, mid_channels, 3, padding=1,
-                                                    deform_groups=deform_groups)
+            self.dcn_pack[level] = ModulatedDCNPack(
+                mid_channels, mid_channels, 3, padding=1, deform_groups=deform_groups
+            )
             if i < 3:
                 # the finest level's merge has no activation: the cascade below follows it
-                self.feat_conv[level] = ConvModule(mid_channels * 2, mid_channels, 3, padding=1,
-                                                   act="lrelu" if i == 2 else None)
+                self.feat_conv[level] = ConvModule(
+                    mid_channels * 2, mid_channels, 3, padding=1, act="lrelu" if i == 2 else None
+                )
         self.cas_offset_conv1 = ConvModule(mid_channels * 2, mid_channels, 3, padding=1)
         self.cas_offset_conv2 = ConvModule(mid_channels, mid_channels, 3, padding=1)
-        self.cas_dcnpack = ModulatedDCNPack(mid_channels, mid_channels, 3, padding=1,
-                                            deform_groups=deform_groups)
+        self.cas_dcnpack = ModulatedDCNPack(
+            mid_channels, mid_channels, 3, padding=1, deform_groups=deform_groups
+        )
         self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.lrelu = lrelu()
 
@@ -114,7 +118,8 @@ class TSAFusion(nn.Module):
         attn = self.spatial_attn2(torch.cat([self.max_pool(attn), self.avg_pool(attn)], 1))
         attn_level = self.spatial_attn_l1(attn)
         attn_level = self.spatial_attn_l2(
-            torch.cat([self.max_pool(attn_level), self.avg_pool(attn_level)], 1))
+            torch.cat([self.max_pool(attn_level), self.avg_pool(attn_level)], 1)
+        )
         attn_level = self.upsample(self.spatial_attn_l3(attn_level))
         attn = self.spatial_attn3(attn) + attn_level
         attn = self.upsample(self.spatial_attn4(attn))
@@ -130,27 +135,41 @@ class EDVRFeatureExtractor(nn.Module):
     for signature compatibility and unused (the extractor has no reconstruction part).
     """
 
-    def __init__(self, in_channels=3, out_channel=3, mid_channels=64, num_frames=7, deform_groups=8,
-                 num_blocks_extraction=5, num_blocks_reconstruction=10, center_frame_idx=3,
-                 with_tsa=True, pretrained=None):
+    def __init__(
+        self,
+        in_channels=3,
+        out_channel=3,
+        mid_channels=64,
+        num_frames=7,
+        deform_groups=8,
+        num_blocks_extraction=5,
+        num_blocks_reconstruction=10,
+        center_frame_idx=3,
+        with_tsa=True,
+        pretrained=None,
+    ):
         super().__init__()
         if not 0 <= center_frame_idx < num_frames:
-            raise ValueError(f"EDVRFeatureExtractor: center_frame_idx {center_frame_idx} is not a "
-                             f"frame index for num_frames={num_frames}")
+            raise ValueError(
+                f"EDVRFeatureExtractor: center_frame_idx {center_frame_idx} is not a "
+                f"frame index for num_frames={num_frames}"
+            )
         self.num_frames = num_frames
         self.center_frame_idx = center_frame_idx
         self.with_tsa = with_tsa
         self.conv_first = nn.Conv2d(in_channels, mid_channels, 3, 1, 1)
-        self.feature_extraction = make_layer(ResidualBlockNoBN, num_blocks_extraction,
-                                             mid_channels=mid_channels)
+        self.feature_extraction = make_layer(
+            ResidualBlockNoBN, num_blocks_extraction, mid_channels=mid_channels
+        )
         self.feat_l2_conv1 = ConvModule(mid_channels, mid_channels, 3, 2, 1)
         self.feat_l2_conv2 = ConvModule(mid_channels, mid_channels, 3, 1, 1)
         self.feat_l3_conv1 = ConvModule(mid_channels, mid_channels, 3, 2, 1)
         self.feat_l3_conv2 = ConvModule(mid_channels, mid_channels, 3, 1, 1)
         self.pcd_alignment = PCDAlignment(mid_channels=mid_channels, deform_groups=deform_groups)
         if with_tsa:
-            self.fusion = TSAFusion(mid_channels=mid_channels, num_frames=num_frames,
-                                    center_frame_idx=center_frame_idx)
+            self.fusion = TSAFusion(
+                mid_channels=mid_channels, num_frames=num_frames, center_frame_idx=center_frame_idx
+            )
         else:
             self.fusion = nn.Conv2d(num_frames * mid_channels, mid_channels, 1, 1)
         self.lrelu = lrelu()
@@ -158,12 +177,15 @@ class EDVRFeatureExtractor(nn.Module):
 
     def forward(self, x):
         if x.dim() != 5 or x.size(1) != self.num_frames:
-            raise ValueError(f"EDVRFeatureExtractor: expected (N, {self.num_frames}, C, H, W), got "
-                             f"{list(x.shape)}")
+            raise ValueError(
+                f"EDVRFeatureExtractor: expected (N, {self.num_frames}, C, H, W), got {list(x.shape)}"
+            )
         n, t, c, h, w = x.shape
         if h % 4 != 0 or w % 4 != 0:
-            raise ValueError(f"EDVRFeatureExtractor: height and width must be multiples of 4 (two "
-                             f"stride-2 pyramid levels), got {h} and {w}")
+            raise ValueError(
+                f"EDVRFeatureExtractor: height and width must be multiples of 4 (two "
+                f"stride-2 pyramid levels), got {h} and {w}"
+            )
         l1 = self.feature_extraction(self.lrelu(self.conv_first(x.reshape(-1, c, h, w))))
         l2 = self.feat_l2_conv2(self.feat_l2_conv1(l1))
         l3 = self.feat_l3_conv2(self.feat_l3_conv1(l2))
@@ -174,7 +196,8 @@ class EDVRFeatureExtractor(nn.Module):
         c_idx = self.center_frame_idx
         ref_feats = [l1[:, c_idx], l2[:, c_idx], l3[:, c_idx]]
         aligned = torch.stack(
-            [self.pcd_alignment([l1[:, i], l2[:, i], l3[:, i]], ref_feats) for i in range(t)], 1)
+            [self.pcd_alignment([l1[:, i], l2[:, i], l3[:, i]], ref_feats) for i in range(t)], 1
+        )
         if self.with_tsa:
             return self.fusion(aligned)
         return self.fusion(aligned.view(n, -1, h, w))

@@ -1,4 +1,5 @@
 """IconVSR (mmagic's IconVSRNet): BasicVSR + information refill at keyframes + coupled propagation."""
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,26 +26,37 @@ class IconVSR(_RecurrentVSRBase):
     built for tests; with the only released width, 64, the two are the same network.
     """
 
-    def __init__(self, mid_channels=64, num_blocks=30, keyframe_stride=5, padding=2,
-                 spynet_pretrained=None, edvr_pretrained=None):
+    def __init__(
+        self,
+        mid_channels=64,
+        num_blocks=30,
+        keyframe_stride=5,
+        padding=2,
+        spynet_pretrained=None,
+        edvr_pretrained=None,
+    ):
         super().__init__()
         if padding not in _TEMPORAL_PAD:
-            raise ValueError(f"IconVSR: padding must be 2 (REDS models) or 3 (Vimeo-90K models), "
-                             f"got {padding}")
+            raise ValueError(
+                f"IconVSR: padding must be 2 (REDS models) or 3 (Vimeo-90K models), got {padding}"
+            )
         if keyframe_stride < 1:
             raise ValueError(f"IconVSR: keyframe_stride must be >= 1, got {keyframe_stride}")
         self.mid_channels = mid_channels
         self.padding = padding
         self.keyframe_stride = keyframe_stride
         self.spynet = self.spynet_class(pretrained=spynet_pretrained)
-        self.edvr = EDVRFeatureExtractor(mid_channels=mid_channels, num_frames=padding * 2 + 1,
-                                         center_frame_idx=padding, pretrained=edvr_pretrained)
+        self.edvr = EDVRFeatureExtractor(
+            mid_channels=mid_channels,
+            num_frames=padding * 2 + 1,
+            center_frame_idx=padding,
+            pretrained=edvr_pretrained,
+        )
         self.backward_fusion = nn.Conv2d(2 * mid_channels, mid_channels, 3, 1, 1, bias=True)
         self.forward_fusion = nn.Conv2d(2 * mid_channels, mid_channels, 3, 1, 1, bias=True)
         self.backward_resblocks = ResidualBlocksWithInputConv(mid_channels + 3, mid_channels, num_blocks)
         # coupled propagation: the forward trunk also sees the backward feature of the same frame
-        self.forward_resblocks = ResidualBlocksWithInputConv(2 * mid_channels + 3, mid_channels,
-                                                             num_blocks)
+        self.forward_resblocks = ResidualBlocksWithInputConv(2 * mid_channels + 3, mid_channels, num_blocks)
         self._build_tail(mid_channels)
         self.is_mirror_extended = False
         self._warned_small_input = False
@@ -76,7 +88,7 @@ class IconVSR(_RecurrentVSRBase):
         before, after = _TEMPORAL_PAD[self.padding]
         lrs = torch.cat([lrs[:, before], lrs, lrs[:, after]], dim=1)
         num_frames = 2 * self.padding + 1
-        return {i: self.edvr(lrs[:, i:i + num_frames].contiguous()) for i in keyframe_idx}
+        return {i: self.edvr(lrs[:, i : i + num_frames].contiguous()) for i in keyframe_idx}
 
     def backward_step(self, lr, feat_prop, flow=None, feat_refill=None):
         """Warp the state from frame i+1 (unless ``flow`` is None), refill at keyframes, refine."""
@@ -101,7 +113,8 @@ class IconVSR(_RecurrentVSRBase):
         if t < self.min_frames:
             raise ValueError(
                 f"IconVSR: padding={self.padding} needs at least {self.min_frames} frames (the "
-                f"information-refill window is {self.min_frames} frames), got {t}")
+                f"information-refill window is {self.min_frames} frames), got {t}"
+            )
         self._warn_if_small(h_input, w_input)
         # on the unpadded frames, like the official code (padding does not change the answer)
         self.check_if_mirror_extended(lrs)
@@ -123,7 +136,6 @@ class IconVSR(_RecurrentVSRBase):
         feat_prop = torch.zeros_like(feat_prop)
         for i in range(t):
             flow = self.forward_flow(flows_forward, flows_backward, i) if i > 0 else None
-            feat_prop = self.forward_step(lrs[:, i], feats_backward[i], feat_prop, flow,
-                                          feats_refill.get(i))
+            feat_prop = self.forward_step(lrs[:, i], feats_backward[i], feat_prop, flow, feats_refill.get(i))
             outputs.append(self.reconstruct(feat_prop, lrs[:, i]))
-        return torch.stack(outputs, dim=1)[:, :, :, :4 * h_input, :4 * w_input]
+        return torch.stack(outputs, dim=1)[:, :, :, : 4 * h_input, : 4 * w_input]

@@ -3,6 +3,7 @@
 What ``IconVSR.backward_step`` / ``forward_step`` do at a keyframe (iconvsr.py): a 3x3 convolution,
 no activation, over the propagated state and the refill feature, state first.
 """
+
 import torch
 import torch.nn.functional as F
 

@@ -9,6 +9,7 @@ that it equals those methods exactly.
 their backward (by recomputation) and pass their own `vsr_fast.flow_warp` there, whose backward is
 the fused kernel's rather than grid_sample's.
 """
+
 import torch
 
 from .flow_warp import flow_warp

@@ -6,6 +6,7 @@ It takes the weights as lists (input conv, then conv1 / conv2 of each block: the
 `vsr_fast.ops.trunk_parameters`) so that any tensors can be pushed through it; the tests check that
 it equals the module exactly.
 """
+
 import torch.nn.functional as F
 
 from .blocks import LRELU_SLOPE

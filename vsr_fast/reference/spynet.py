@@ -3,6 +3,7 @@
 ``spynet(ref, supp)`` is the flow from ``ref`` to ``supp``: ``flow_warp(supp, flow)`` aligns ``supp``
 onto ``ref``. Channel 0 is the horizontal displacement in pixels, channel 1 the vertical one.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -77,16 +78,17 @@ class SPyNet(nn.Module):
     def forward(self, ref, supp):
         """Flow from ``ref`` to ``supp``, both (N, 3, H, W) RGB in [0, 1] -> (N, 2, H, W)."""
         if ref.dim() != 4 or ref.shape != supp.shape or ref.size(1) != 3:
-            raise ValueError(f"SPyNet: expected ref and supp of the same shape (N, 3, H, W), got "
-                             f"{list(ref.shape)} and {list(supp.shape)}")
+            raise ValueError(
+                f"SPyNet: expected ref and supp of the same shape (N, 3, H, W), got "
+                f"{list(ref.shape)} and {list(supp.shape)}"
+            )
         h, w = ref.shape[2:4]
         w_up = w if w % 32 == 0 else 32 * (w // 32 + 1)
         h_up = h if h % 32 == 0 else 32 * (h // 32 + 1)
         # an identity when the size is already a multiple of 32; kept unconditional like the original
         ref = F.interpolate(ref, size=(h_up, w_up), mode="bilinear", align_corners=False)
         supp = F.interpolate(supp, size=(h_up, w_up), mode="bilinear", align_corners=False)
-        flow = F.interpolate(self.compute_flow(ref, supp), size=(h, w), mode="bilinear",
-                             align_corners=False)
+        flow = F.interpolate(self.compute_flow(ref, supp), size=(h, w), mode="bilinear", align_corners=False)
         flow[:, 0, :, :] *= float(w) / float(w_up)
         flow[:, 1, :, :] *= float(h) / float(h_up)
         return flow

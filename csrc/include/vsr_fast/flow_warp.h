@@ -42,12 +42,14 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t bilinear_blend(const BilinearWeights<acc
 
 // d blend / d fx and d blend / d fy; times the axis' d position / d flow, the flow gradient.
 template <typename acc_t>
-C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t bilinear_slope_x(acc_t fy, acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t bilinear_slope_x(acc_t fy, acc_t v00, acc_t v01, acc_t v10,
+                                                         acc_t v11) {
   return (acc_t(1) - fy) * (v01 - v00) + fy * (v11 - v10);
 }
 
 template <typename acc_t>
-C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t bilinear_slope_y(acc_t fx, acc_t v00, acc_t v01, acc_t v10, acc_t v11) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t bilinear_slope_y(acc_t fx, acc_t v00, acc_t v01, acc_t v10,
+                                                         acc_t v11) {
   return (acc_t(1) - fx) * (v10 - v00) + fx * (v11 - v01);
 }
 
@@ -76,8 +78,9 @@ C10_HOST_DEVICE inline bool is_nonfinite(acc_t v) {
 //   align_corners=True : pos + flow          (a size-1 axis always samples index 0)
 //   align_corners=False: (pos + flow) * size / max(size - 1, 1) - 0.5
 template <typename acc_t>
-C10_HOST_DEVICE C10_ALWAYS_INLINE AxisPosition<acc_t> axis_position(
-    int64_t pos, acc_t flow, int64_t size, bool align_corners, bool border, bool nearest) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE AxisPosition<acc_t> axis_position(int64_t pos, acc_t flow, int64_t size,
+                                                                    bool align_corners, bool border,
+                                                                    bool nearest) {
   AxisPosition<acc_t> a;
   a.lo = 0;
   a.frac = acc_t(0);
@@ -174,10 +177,11 @@ struct PixelTaps {
 };
 
 template <typename acc_t>
-C10_HOST_DEVICE C10_ALWAYS_INLINE PixelTaps<acc_t> pixel_taps(
-    int64_t y, int64_t x, acc_t flow_x, acc_t flow_y, int64_t height, int64_t width,
-    int64_t stride_h, int64_t stride_w, bool align_corners, int64_t padding,
-    int64_t interpolation) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE PixelTaps<acc_t> pixel_taps(int64_t y, int64_t x, acc_t flow_x,
+                                                              acc_t flow_y, int64_t height, int64_t width,
+                                                              int64_t stride_h, int64_t stride_w,
+                                                              bool align_corners, int64_t padding,
+                                                              int64_t interpolation) {
   const bool border = padding == kBorder;
   const bool nearest = interpolation == kNearest;
   const AxisPosition<acc_t> px = axis_position<acc_t>(x, flow_x, width, align_corners, border, nearest);
@@ -242,19 +246,19 @@ inline void check_flow_warp_args(const char* op, const at::Tensor& x, const at::
   TORCH_CHECK(x.dim() == 4, op, ": expected x [N, C, H, W], got x of shape ", x.sizes());
   TORCH_CHECK(flow.dim() == 4 && flow.size(3) == 2 && flow.size(0) == x.size(0) &&
                   flow.size(1) == x.size(2) && flow.size(2) == x.size(3),
-              op, ": expected flow [N, H, W, 2] matching x [N, C, H, W] = ", x.sizes(),
-              ", got flow ", flow.sizes());
+              op, ": expected flow [N, H, W, 2] matching x [N, C, H, W] = ", x.sizes(), ", got flow ",
+              flow.sizes());
   TORCH_CHECK(x.device() == flow.device(), op, ": x and flow must be on the same device, got x on ",
               x.device(), " and flow on ", flow.device());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), op,
               ": expected x of a floating dtype (float32, float64, float16, bfloat16), got ",
               x.scalar_type());
   const bool reduced = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(flow.scalar_type() == x.scalar_type() || (reduced && flow.scalar_type() == at::kFloat),
-              op, ": flow must have x's dtype (or float32 when x is float16/bfloat16), got x ",
-              x.scalar_type(), " and flow ", flow.scalar_type());
-  TORCH_CHECK(interpolation == flow_warp_math::kBilinear || interpolation == flow_warp_math::kNearest,
-              op, ": interpolation must be 0 (bilinear) or 1 (nearest), got ", interpolation);
+  TORCH_CHECK(flow.scalar_type() == x.scalar_type() || (reduced && flow.scalar_type() == at::kFloat), op,
+              ": flow must have x's dtype (or float32 when x is float16/bfloat16), got x ", x.scalar_type(),
+              " and flow ", flow.scalar_type());
+  TORCH_CHECK(interpolation == flow_warp_math::kBilinear || interpolation == flow_warp_math::kNearest, op,
+              ": interpolation must be 0 (bilinear) or 1 (nearest), got ", interpolation);
   TORCH_CHECK(padding_mode == flow_warp_math::kZeros || padding_mode == flow_warp_math::kBorder, op,
               ": padding_mode must be 0 (zeros) or 1 (border), got ", padding_mode);
 }
@@ -281,8 +285,8 @@ struct BackwardSetup {
   bool need_x, need_flow, work;
 };
 
-inline BackwardSetup setup_flow_warp_backward(const at::Tensor& x_in, const at::Tensor& flow,
-                                              bool need_x, bool need_flow) {
+inline BackwardSetup setup_flow_warp_backward(const at::Tensor& x_in, const at::Tensor& flow, bool need_x,
+                                              bool need_flow) {
   BackwardSetup b;
   b.x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous(x_in.suggest_memory_format());
   b.need_x = need_x;
@@ -296,8 +300,7 @@ inline BackwardSetup setup_flow_warp_backward(const at::Tensor& x_in, const at::
 
 // What grad_x is scattered into: grad_x itself, or for float16/bfloat16 a zeroed fp32 tensor with
 // x's strides (many taps can land on one pixel; the caller copies it into grad_x afterwards).
-inline at::Tensor grad_x_accumulator(const at::Tensor& x, const at::Tensor& grad_x,
-                                     at::ScalarType acc_type) {
+inline at::Tensor grad_x_accumulator(const at::Tensor& x, const at::Tensor& grad_x, at::ScalarType acc_type) {
   if (acc_type == x.scalar_type()) return grad_x;
   return at::empty_strided(x.sizes(), x.strides(), x.options().dtype(acc_type)).zero_();
 }
@@ -307,11 +310,11 @@ inline void check_flow_warp_backward_args(const at::Tensor& grad_out, const at::
                                           int64_t padding_mode) {
   const char* op = "vsr_fast::_flow_warp_backward";
   check_flow_warp_args(op, x, flow, interpolation, padding_mode);
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": expected grad_out of x's shape ", x.sizes(),
-              ", got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": expected grad_out of x's shape ", x.sizes(), ", got ",
+              grad_out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(), op,
-              ": expected grad_out with x's dtype and device (", x.scalar_type(), ", ", x.device(),
-              "), got ", grad_out.scalar_type(), ", ", grad_out.device());
+              ": expected grad_out with x's dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
+              grad_out.scalar_type(), ", ", grad_out.device());
 }
 
 }  // namespace vsr_fast

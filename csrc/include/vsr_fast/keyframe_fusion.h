@@ -17,8 +17,8 @@ inline void check_keyframe_fusion_args(const at::Tensor& state, const at::Tensor
               state.sizes(), " and ", refill.sizes());
   TORCH_CHECK(at::isFloatingType(state.scalar_type()) && refill.scalar_type() == state.scalar_type() &&
                   refill.device() == state.device(),
-              op, ": state and refill need one floating dtype and device, got ", state.scalar_type(),
-              " on ", state.device(), " and ", refill.scalar_type(), " on ", refill.device());
+              op, ": state and refill need one floating dtype and device, got ", state.scalar_type(), " on ",
+              state.device(), " and ", refill.scalar_type(), " on ", refill.device());
   const at::Tensor weights[] = {weight};
   const at::Tensor biases[] = {bias};
   check_trunk_weights(op, weights, biases, state.size(1) + refill.size(1), state);

@@ -14,22 +14,19 @@
 namespace vsr_fast {
 
 // Returns the state channel count C (the trunk's width).
-inline int64_t check_propagation_step_args(const at::Tensor& lr,
-                                           const std::optional<at::Tensor>& feature,
+inline int64_t check_propagation_step_args(const at::Tensor& lr, const std::optional<at::Tensor>& feature,
                                            const std::optional<at::Tensor>& state,
-                                           const std::optional<at::Tensor>& flow,
-                                           at::TensorList weights, at::TensorList biases) {
+                                           const std::optional<at::Tensor>& flow, at::TensorList weights,
+                                           at::TensorList biases) {
   const char* op = "vsr_fast::propagation_step";
   TORCH_CHECK(lr.dim() == 4, op, ": expected lr [N, C_lr, H, W], got ", lr.sizes());
   TORCH_CHECK(at::isFloatingType(lr.scalar_type()), op, ": expected a floating dtype, got ",
               lr.scalar_type());
-  TORCH_CHECK(!weights.empty() && weights[0].dim() == 4, op,
-              ": expected weights[0] [C, C_in, 3, 3], got ", weights.empty() ? 0 : weights[0].dim(),
-              "-d");
+  TORCH_CHECK(!weights.empty() && weights[0].dim() == 4, op, ": expected weights[0] [C, C_in, 3, 3], got ",
+              weights.empty() ? 0 : weights[0].dim(), "-d");
   const int64_t c = weights[0].size(0);
   auto check_image = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.dim() == 4 && t.size(0) == lr.size(0) && t.size(2) == lr.size(2) &&
-                    t.size(3) == lr.size(3),
+    TORCH_CHECK(t.dim() == 4 && t.size(0) == lr.size(0) && t.size(2) == lr.size(2) && t.size(3) == lr.size(3),
                 op, ": expected ", name, " [N, *, H, W] matching lr ", lr.sizes(), ", got ", t.sizes());
     TORCH_CHECK(t.scalar_type() == lr.scalar_type() && t.device() == lr.device(), op, ": ", name,
                 " must have lr's dtype and device (", lr.scalar_type(), ", ", lr.device(), "), got ",
@@ -50,13 +47,11 @@ inline int64_t check_propagation_step_args(const at::Tensor& lr,
     TORCH_CHECK(flow->dim() == 4 && flow->size(0) == lr.size(0) && flow->size(1) == lr.size(2) &&
                     flow->size(2) == lr.size(3) && flow->size(3) == 2,
                 op, ": expected flow [N, H, W, 2] matching lr ", lr.sizes(), ", got ", flow->sizes());
-    TORCH_CHECK(flow->device() == lr.device(), op, ": flow must be on lr's device ", lr.device(),
-                ", got ", flow->device());
+    TORCH_CHECK(flow->device() == lr.device(), op, ": flow must be on lr's device ", lr.device(), ", got ",
+                flow->device());
     const bool reduced = lr.scalar_type() == at::kHalf || lr.scalar_type() == at::kBFloat16;
-    TORCH_CHECK(flow->scalar_type() == lr.scalar_type() ||
-                    (reduced && flow->scalar_type() == at::kFloat),
-                op, ": flow must have lr's dtype (or float32 for float16/bfloat16), got ",
-                flow->scalar_type());
+    TORCH_CHECK(flow->scalar_type() == lr.scalar_type() || (reduced && flow->scalar_type() == at::kFloat), op,
+                ": flow must have lr's dtype (or float32 for float16/bfloat16), got ", flow->scalar_type());
   }
   check_trunk_weights(op, weights, biases, in_channels, lr);
   return c;
@@ -68,9 +63,8 @@ inline int64_t check_propagation_step_args(const at::Tensor& lr,
 // flow None copies the state unwarped.
 template <typename WarpInto>
 at::Tensor assemble_step_input(const at::Tensor& lr, const std::optional<at::Tensor>& feature,
-                               const std::optional<at::Tensor>& state,
-                               const std::optional<at::Tensor>& flow, int64_t channels,
-                               WarpInto&& warp_into) {
+                               const std::optional<at::Tensor>& state, const std::optional<at::Tensor>& flow,
+                               int64_t channels, WarpInto&& warp_into) {
   const int64_t c_lr = lr.size(1), c_feat = feature.has_value() ? feature->size(1) : 0;
   at::Tensor input = at::empty({lr.size(0), c_lr + c_feat + channels, lr.size(2), lr.size(3)},
                                lr.options().memory_format(at::MemoryFormat::ChannelsLast));

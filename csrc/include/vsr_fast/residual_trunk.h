@@ -21,14 +21,13 @@ inline int64_t check_trunk_weights(const char* op, at::TensorList weights, at::T
     const int64_t expect_in = i == 0 ? in_channels : c;
     TORCH_CHECK(weights[i].dim() == 4 && weights[i].size(0) == c && weights[i].size(1) == expect_in &&
                     weights[i].size(2) == 3 && weights[i].size(3) == 3,
-                op, ": weights[", i, "] must be [", c, ", ", expect_in, ", 3, 3], got ",
-                weights[i].sizes());
+                op, ": weights[", i, "] must be [", c, ", ", expect_in, ", 3, 3], got ", weights[i].sizes());
     TORCH_CHECK(biases[i].dim() == 1 && biases[i].size(0) == c, op, ": biases[", i, "] must be [", c,
                 "], got ", biases[i].sizes());
-    TORCH_CHECK(weights[i].scalar_type() == like.scalar_type() &&
-                    biases[i].scalar_type() == like.scalar_type(),
-                op, ": weights and biases must have the input's dtype ", like.scalar_type(),
-                ", got ", weights[i].scalar_type(), " / ", biases[i].scalar_type(), " at index ", i);
+    TORCH_CHECK(
+        weights[i].scalar_type() == like.scalar_type() && biases[i].scalar_type() == like.scalar_type(), op,
+        ": weights and biases must have the input's dtype ", like.scalar_type(), ", got ",
+        weights[i].scalar_type(), " / ", biases[i].scalar_type(), " at index ", i);
     TORCH_CHECK(weights[i].device() == like.device() && biases[i].device() == like.device(), op,
                 ": weights and biases must be on the input's device ", like.device(), ", got ",
                 weights[i].device(), " / ", biases[i].device(), " at index ", i);
@@ -36,12 +35,10 @@ inline int64_t check_trunk_weights(const char* op, at::TensorList weights, at::T
   return static_cast<int64_t>(weights.size() / 2);
 }
 
-inline void check_residual_trunk_args(const at::Tensor& x, at::TensorList weights,
-                                      at::TensorList biases) {
+inline void check_residual_trunk_args(const at::Tensor& x, at::TensorList weights, at::TensorList biases) {
   const char* op = "vsr_fast::residual_trunk";
   TORCH_CHECK(x.dim() == 4, op, ": expected x [N, C_in, H, W], got ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected a floating dtype, got ",
-              x.scalar_type());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": expected a floating dtype, got ", x.scalar_type());
   check_trunk_weights(op, weights, biases, x.size(1), x);
 }
 
