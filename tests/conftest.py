@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import fused_capable
 
 import vsr_fast
+
+from _helpers import fused_capable
 
 # TF32 would make fp32 convolutions / matmuls on Ampere+ miss the fp32 tolerances.
 torch.backends.cuda.matmul.allow_tf32 = False

@@ -7,6 +7,10 @@ import pytest
 import torch
 from packaging.version import Version
 
+import vsr_fast
+from vsr_fast import reference
+from vsr_fast.ops.flow_warp import INTERPOLATION, PADDING_MODE
+
 from _helpers import (
     TOLERANCE,
     assert_close,
@@ -15,10 +19,6 @@ from _helpers import (
     assert_lowp_close,
     poisoned_allocations,
 )
-
-import vsr_fast
-from vsr_fast import reference
-from vsr_fast.ops.flow_warp import INTERPOLATION, PADDING_MODE
 
 MODES = list(itertools.product(["bilinear", "nearest"], ["zeros", "border"], [True, False]))
 SHAPES = [  # (N, C, H, W)

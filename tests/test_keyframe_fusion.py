@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from _helpers import TOLERANCE, assert_gradcheck, poisoned_allocations
 
 import vsr_fast
 from vsr_fast import reference
+
+from _helpers import TOLERANCE, assert_gradcheck, poisoned_allocations
 
 
 def inputs(device, dtype=torch.float32, n=2, c=16, h=9, w=13, channels_last=False, seed=0):

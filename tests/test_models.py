@@ -4,10 +4,11 @@ import warnings
 
 import pytest
 import torch
-from _helpers import TOLERANCE, assert_close_scaled
 
 import vsr_fast
 from vsr_fast import reference
+
+from _helpers import TOLERANCE, assert_close_scaled
 
 
 def pair(fast_cls, ref_cls, seed=0, **kwargs):

@@ -6,6 +6,11 @@ import copy
 
 import pytest
 import torch
+
+import vsr_fast
+from vsr_fast import reference
+from vsr_fast.ops import trunk_parameters
+
 from _helpers import (
     assert_close,
     assert_close_scaled,
@@ -18,10 +23,6 @@ from _helpers import (
     poisoned_allocations,
     to,
 )
-
-import vsr_fast
-from vsr_fast import reference
-from vsr_fast.ops import trunk_parameters
 
 LOWP = [torch.float16, torch.bfloat16]
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import assert_close
 
 from vsr_fast.checkpoint import convert_state_dict, detect_format, load_checkpoint, read_checkpoint
 from vsr_fast.reference import BasicVSR
+
+from _helpers import assert_close
 
 # Frames 60-66 of bigbuckbunny.mp4 (1280x720): the bunny stretching, a rock edge and grass; real
 # motion between frames. HR crop rows 384:640, cols 768:1024 -> LR 64x64.

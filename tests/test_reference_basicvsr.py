@@ -5,7 +5,6 @@ import warnings
 
 import pytest
 import torch
-from _helpers import assert_close
 
 from vsr_fast.ops import trunk_parameters
 from vsr_fast.reference import (
@@ -16,6 +15,8 @@ from vsr_fast.reference import (
     propagation_step,
     residual_trunk,
 )
+
+from _helpers import assert_close
 
 
 def _state_shapes(model):

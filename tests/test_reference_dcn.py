@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import TOLERANCE
 
 from vsr_fast.reference import ModulatedDCNPack, modulated_deform_conv2d
+
+from _helpers import TOLERANCE
 
 
 def _loop_dcn(x, offset, mask, weight, bias, stride, padding, dilation, groups):

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _helpers import assert_close
 
 from vsr_fast.ops import trunk_parameters
 from vsr_fast.reference import EDVRFeatureExtractor, IconVSR, TSAFusion, keyframe_fusion, propagation_step
+
+from _helpers import assert_close
 
 
 def _count(m):

@@ -3,10 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import assert_close_scaled
 
 from vsr_fast.checkpoint import load_checkpoint
 from vsr_fast.reference import BasicVSR, SPyNet
+
+from _helpers import assert_close_scaled
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
+import vsr_fast
+from vsr_fast import reference
+from vsr_fast.ops import trunk_parameters
+
 from _helpers import (
     TOLERANCE,
     assert_close,
@@ -22,10 +27,6 @@ from _helpers import (
     poisoned_allocations,
     to,
 )
-
-import vsr_fast
-from vsr_fast import reference
-from vsr_fast.ops import trunk_parameters
 
 LOWP = [torch.float16, torch.bfloat16]
 # partial fused tiles on both axes and two images; exact 8 x 16 tiles; few channels; one pixel

@@ -4,12 +4,13 @@ Importing the package loads the compiled operator library first (vsr_fast._C), t
 of the operators.
 """
 
+# first: loading vsr_fast._C defines the schemas that the ops' Python side registers against
 from ._extension import build_info
-from . import ops
-from .ops import flow_warp, keyframe_fusion, propagation_step, residual_trunk
-from . import reference
-from . import checkpoint, models
+
+# isort: split
+from . import checkpoint, models, ops, reference
 from .models import BasicVSR, IconVSR, SPyNet
+from .ops import flow_warp, keyframe_fusion, propagation_step, residual_trunk
 
 __all__ = [
     "BasicVSR",

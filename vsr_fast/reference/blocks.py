@@ -1,8 +1,8 @@
 """Building blocks shared by the reference networks (mmagic / mmcv's).
 
-Attribute names follow mmagic so that state-dict keys match the official lists (tests/data/keys/mmagic_*.tsv) exactly. The
-initialisers reproduce mmagic's (they only matter when training from scratch: every test and every
-user loads weights).
+Attribute names follow mmagic so that state-dict keys match the official lists
+(tests/data/keys/mmagic_*.tsv) exactly. The initialisers reproduce mmagic's (they only matter when
+training from scratch: every test and every user loads weights).
 """
 
 import math
