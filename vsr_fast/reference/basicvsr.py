@@ -81,12 +81,23 @@ class _RecurrentVSRBase(nn.Module):
             return (None if self.is_mirror_extended else empty), empty
         lrs_1 = lrs[:, :-1].reshape(-1, c, h, w)
         lrs_2 = lrs[:, 1:].reshape(-1, c, h, w)
-        flows_backward = self.spynet(lrs_1, lrs_2).view(n, t - 1, 2, h, w)
+        flows_backward = self.pair_flows(lrs_1, lrs_2).view(n, t - 1, 2, h, w)
         if self.is_mirror_extended:
             flows_forward = None
         else:
-            flows_forward = self.spynet(lrs_2, lrs_1).view(n, t - 1, 2, h, w)
+            flows_forward = self.pair_flows(lrs_2, lrs_1).view(n, t - 1, 2, h, w)
         return flows_forward, flows_backward
+
+    def pair_flows(self, ref, supp):
+        """Flows of independent frame pairs, ``(P, 3, H, W)`` each -> ``(P, 2, H, W)``: pair p's flow warps
+        a state of ``supp[p]`` onto ``ref[p]``.
+
+        `compute_flow` is this applied to every neighbouring pair; the long-video engine calls it on a
+        few pairs at a time, so the two agree to the extent that the flow network's result for one pair
+        does not depend on the other pairs in its batch (bitwise on one CPU thread; within fp32
+        rounding when a multi-threaded library partitions small convolutions by batch size).
+        """
+        return self.spynet(ref, supp)
 
     @staticmethod
     def forward_flow(flows_forward, flows_backward, i):

@@ -71,6 +71,9 @@ class IconVSR(_RecurrentVSRBase):
         n, t, c, h, w = lrs.shape
         pad_h = (4 - h % 4) % 4
         pad_w = (4 - w % 4) % 4
+        if pad_h >= h or pad_w >= w:
+            raise ValueError(f"IconVSR: frames of {h}x{w} are too small: reflect-padding them to a multiple "
+                             f"of 4 needs at least 3 pixels in each direction")
         if pad_h == 0 and pad_w == 0:
             return lrs
         lrs = F.pad(lrs.reshape(-1, c, h, w), [0, pad_w, 0, pad_h], mode="reflect")
@@ -83,12 +86,25 @@ class IconVSR(_RecurrentVSRBase):
             idx.append(t - 1)
         return idx
 
+    def refill_window(self, t, i):
+        """Indices (into the T frames) of the EDVR window centred on keyframe ``i``.
+
+        Near the ends the window runs into the official temporal padding, which reaches up to
+        ``2 * padding`` frames in from each end (frames 4, 3 and T-4, T-5 for padding 2).
+        """
+        before, after = _TEMPORAL_PAD[self.padding]
+        padded = before + list(range(t)) + [t + j for j in after]
+        return padded[i:i + 2 * self.padding + 1]
+
+    def compute_refill_feature(self, window):
+        """EDVR feature of one keyframe from its window ``(N, 2 * padding + 1, 3, H, W)`` -> (N, C, H, W)."""
+        return self.edvr(window)
+
     def compute_refill_features(self, lrs, keyframe_idx):
         """EDVR features of each keyframe i from the window centred on it -> dict {i: (N, C, H, W)}."""
-        before, after = _TEMPORAL_PAD[self.padding]
-        lrs = torch.cat([lrs[:, before], lrs, lrs[:, after]], dim=1)
-        num_frames = 2 * self.padding + 1
-        return {i: self.edvr(lrs[:, i : i + num_frames].contiguous()) for i in keyframe_idx}
+        t = lrs.size(1)
+        # indexing with a list copies: each window is contiguous, as EDVR wants
+        return {i: self.compute_refill_feature(lrs[:, self.refill_window(t, i)]) for i in keyframe_idx}
 
     def backward_step(self, lr, feat_prop, flow=None, feat_refill=None):
         """Warp the state from frame i+1 (unless ``flow`` is None), refill at keyframes, refine."""
