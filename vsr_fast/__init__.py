@@ -8,7 +8,9 @@ of the operators.
 from ._extension import build_info
 
 # isort: split
-from . import checkpoint, models, ops, reference
+from . import checkpoint, hardware, inference, models, ops, reference
+from .hardware import cpu_supports_bf16
+from .inference import upscale
 from .models import BasicVSR, IconVSR, SPyNet
 from .ops import flow_warp, keyframe_fusion, propagation_step, residual_trunk
 
@@ -22,8 +24,12 @@ __all__ = [
     "residual_trunk",
     "propagation_step",
     "checkpoint",
+    "hardware",
+    "inference",
     "models",
     "ops",
     "reference",
+    "cpu_supports_bf16",
+    "upscale",
 ]
 __version__ = "0.1.0"
