@@ -302,14 +302,13 @@ class LongVideo:
         return self._mirrored
 
     def _pair_flows(self, pairs):
-        """{(ref, supp): flow} for pairs of frame indices, ``flow_batch`` pairs per SPyNet call."""
-        flows = {}
+        """Flows of pairs (ref, supp) of frame indices, in order, computed ``flow_batch`` pairs per
+        SPyNet call as they are asked for (so that the work and the progress advance together)."""
         for b in range(0, len(pairs), self.flow_batch):
             chunk = pairs[b : b + self.flow_batch]
             ref = torch.cat([self._input(r) for r, _ in chunk])
             supp = torch.cat([self._input(s) for _, s in chunk])
-            flows.update(zip(chunk, self.model.pair_flows(ref, supp).split(1)))
-        return flows
+            yield from self.model.pair_flows(ref, supp).split(1)
 
     def _refill_feature(self, i, compute):
         slot = self._keyframe_slot.get(i)
@@ -329,16 +328,17 @@ class LongVideo:
         the last frame). ``compute``: compute and spill the flows and refill features (the first
         sweep), else read them back. Returns the segment's states, first frame first."""
         start, end = self.segments[j]
-        if compute:
-            flows = self._pair_flows([(i, i + 1) for i in range(start, min(end, self.t - 1))])
-            for (i, _), flow in flows.items():
-                self._flows.write(i, flow)
+        if compute:  # pair i warps frame i+1 onto frame i, in the order the steps need them
+            flows = self._pair_flows([(i, i + 1) for i in range(min(end, self.t - 1) - 1, start - 1, -1)])
         states = [None] * (end - start)
         for i in range(end - 1, start - 1, -1):
             if i == self.t - 1:
                 flow = None
+            elif compute:
+                flow = next(flows)
+                self._flows.write(i, flow)
             else:
-                flow = flows.pop((i, i + 1)) if compute else self._flows.read(i, self.device)
+                flow = self._flows.read(i, self.device)
             refill = self._refill_feature(i, compute)
             if self.kind == "iconvsr":
                 feat = self.model.backward_step(self._input(i), feat, flow, refill)
@@ -385,12 +385,12 @@ class LongVideo:
         self._checkpoints["forward"].write(j - 1, state)
 
     def _forward_flows(self, start, end):
-        frames = range(max(start, 1), end)  # frame i <- frame i-1
+        """The flows that warp frame i-1 onto frame i, for i in the segment (i >= 1), in order."""
+        frames = range(max(start, 1), end)
         if self._is_mirrored():
             # frames i, i-1 are frames T-1-i, T-i, whose backward flow is spilled: the model's shortcut
-            return {i: self._flows.read(self.t - 1 - i, self.device) for i in frames}
-        flows = self._pair_flows([(i, i - 1) for i in frames])
-        return {i: flow for (i, _), flow in flows.items()}
+            return (self._flows.read(self.t - 1 - i, self.device) for i in frames)
+        return self._pair_flows([(i, i - 1) for i in frames])
 
     @torch.no_grad()
     def segment(self, j, backward_checkpoint=None, forward_checkpoint=None, reconstruct=True):
@@ -427,7 +427,7 @@ class LongVideo:
         h, w = self.size
         for i in range(start, end):
             lr = self._input(i)
-            flow = flows.pop(i, None)
+            flow = next(flows) if i > 0 else None
             backward_state, states[i - start] = states[i - start], None
             if self.kind == "iconvsr":
                 feat = self.model.forward_step(lr, backward_state, feat, flow, self._refill_feature(i, False))
