@@ -12,6 +12,7 @@ Each side runs in its own process; its peak RSS (ru_maxrss) minus that of a proc
 the same model and runs it on two frames is its growth. Frames are compared as the 8-bit PNGs.
 
     python benchmarks/bench_engine.py [WORK_DIR]        # prints the ratios (~10 min on 2 cores)
+    python benchmarks/bench_engine.py --interleaved     # time only, in one process, alternating
     VSR_FAST_BENCH_ENGINE=1 pytest benchmarks/bench_engine.py --benchmark-only -s
 """
 
@@ -139,6 +140,62 @@ def run(work):
     return result
 
 
+def interleaved_time_ratio(count=30, segment_length=8, rounds=5):
+    """Engine / full-model time, same process, alternating, median of the per-round ratios (this VM's
+    speed drifts by tens of percent within minutes): the first ``count`` frames of bikes.mp4 x4 down,
+    REDS4, K = ``segment_length`` so that all but the first segment are recomputed."""
+    import statistics
+    import warnings
+
+    import vsr_fast
+    from vsr_fast import cli
+    from vsr_fast import io as vio
+
+    warnings.simplefilter("ignore", UserWarning)
+    model = cli.build_model("basicvsr", cli.resolve_weights("reds4", "basicvsr"))
+    frames = []
+    for frame in vio.VideoReader(_bikes()):
+        lr = F.interpolate(
+            frame[None].float() / 255, scale_factor=0.25, mode="bicubic", antialias=True, align_corners=False
+        )
+        frames.append(lr[0].clamp(0, 1))
+        if len(frames) == count:
+            break
+    frames = torch.stack(frames)
+    times = {"full": [], "engine": []}
+    with torch.no_grad():
+        model(frames[None, :2])  # warm-up
+        for _ in range(rounds):
+            start = time.perf_counter()
+            full = model(frames[None])[0]
+            times["full"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            engine = torch.stack(list(vsr_fast.upscale(model, frames, segment_length=segment_length)))
+            times["engine"].append(time.perf_counter() - start)
+    ratios = [e / f for e, f in zip(times["engine"], times["full"])]
+    result = {
+        "frames": count,
+        "segment_length": segment_length,
+        "full_s": statistics.median(times["full"]),
+        "engine_s": statistics.median(times["engine"]),
+        "median_ratio": statistics.median(ratios),
+        "ratios": [round(r, 3) for r in ratios],
+        "max_abs_diff": (full - engine).abs().max().item(),
+    }
+    print("bench_engine interleaved: " + ", ".join(f"{k} {v}" for k, v in result.items()))
+    return result
+
+
+@pytest.mark.skipif(os.environ.get(BENCH_ENV) != "1", reason=f"~10 minutes on 2 cores; set {BENCH_ENV}=1")
+def test_engine_time_vs_full_model_interleaved(record_value):
+    result = interleaved_time_ratio()
+    record_value(
+        "engine (K=8) / full model time, 30 frames of bikes.mp4 160x68, REDS4, fp32, interleaved",
+        "median ratio",
+        result["median_ratio"],
+    )
+
+
 @pytest.mark.skipif(os.environ.get(BENCH_ENV) != "1", reason=f"~10 minutes on 2 cores; set {BENCH_ENV}=1")
 def test_engine_vs_full_model_on_bikes(record_value, tmp_path):
     result = run(tmp_path)  # prints every number
@@ -150,5 +207,7 @@ def test_engine_vs_full_model_on_bikes(record_value, tmp_path):
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _child(*sys.argv[2:5])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--interleaved":
+        interleaved_time_ratio()
     else:
         run(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="vsr_fast_bench_engine_"))

@@ -204,6 +204,8 @@ def test_progress_reports_every_phase():
     assert seen["read"] == [(i, None) for i in range(1, 6)]
     assert seen["backward"] == [(i, 5) for i in range(1, 6)]
     assert seen["upscale"] == [(i, 5) for i in range(1, 6)]
+    # segments [0, 2), [2, 4), [4, 5): the last two are recomputed before their frames
+    assert seen["recompute"] == [(1, 2), (2, 2), (1, 1)]
 
 
 # ---- segment length from max_memory -------------------------------------------------------------

@@ -342,6 +342,12 @@ class _Bars:
     def __call__(self, phase, done, total):
         if not self.enabled:
             return
+        if phase == "recompute" and self.phase == "upscale":
+            # between two segments' frames: say so on the frame bar rather than open another
+            self.bar.set_postfix_str(
+                f"recomputing the next segment's backward states {done}/{total}" if done < total else ""
+            )
+            return
         if phase != self.phase:
             self.close()
             from tqdm import tqdm
@@ -382,6 +388,11 @@ def _upscale(args):
     tmp, output = _temporary_output(args.output, as_folder)
     if os.path.lexists(output) and not args.overwrite:
         raise UserError(f"{output} exists; pass --overwrite to replace it")
+    if os.path.isdir(output) != as_folder and os.path.lexists(output):
+        raise UserError(
+            f"{output} exists as a {'file' if as_folder else 'folder'}; it cannot be replaced by a "
+            f"{'folder of frames' if as_folder else 'video file'}"
+        )
     parent = os.path.dirname(output)
     if not os.path.isdir(parent):
         raise UserError(f"cannot write {output}: the folder {parent} does not exist")

@@ -345,8 +345,11 @@ class LongVideo:
             else:
                 feat = self.model.backward_step(self._input(i), feat, flow)
             states[i - start] = feat
-            if compute and self.progress is not None:
-                self.progress("backward", self.t - i, self.t)
+            if self.progress is not None:
+                if compute:
+                    self.progress("backward", self.t - i, self.t)
+                else:
+                    self.progress("recompute", end - i, end - start)
         return states
 
     @torch.no_grad()
@@ -606,7 +609,8 @@ def upscale(
     the whole frame's (``max_memory`` is shared among them), each step's activations shrink.
 
     ``progress(phase, done, total)`` is called as phase "read" (an iterable being spilled; total
-    None), "backward" (the exact engine's backward sweep) and "upscale" (frames emitted) progress.
+    None), "backward" (the exact engine's backward sweep), "recompute" (a segment's backward states
+    being recomputed before its frames; per segment) and "upscale" (frames emitted) progress.
     """
     _model_kind(model)
     for name, value, least in (
@@ -677,6 +681,7 @@ def _generate(
         t = len(source)
         h, w = (int(s) for s in source[0].shape[1:])
         _check_clip(model, t, h, w)
+        model._warn_if_small(h, w)  # the model's own warning for frames below 64x64
 
         def inner(src, parts=1, inner_progress=progress):
             if chunk is not None:
