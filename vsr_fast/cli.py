@@ -340,6 +340,7 @@ class _Bars:
         self.bar, self.phase = None, None
 
     def __call__(self, phase, done, total):
+        _raise_if_signalled()  # between two steps: a safe place to stop
         if not self.enabled:
             return
         if phase == "recompute" and self.phase == "upscale":
@@ -416,6 +417,7 @@ def _upscale(args):
     weights = resolve_weights(args.weights, args.model)
     device, dtype, dtype_note = _pick_device_dtype(args.device, args.dtype)
     model = build_model(args.model, weights).to(device=device, dtype=dtype)
+    _raise_if_signalled()
     min_frames = getattr(model, "min_frames", 1)
     if args.model == "iconvsr" and min(reader.width, reader.height) < 3:
         raise UserError(
@@ -478,6 +480,7 @@ def _upscale(args):
             )
             try:
                 for frame in gen:
+                    _raise_if_signalled()
                     hr = frame.float().clamp_(0, 1).mul_(255).round_().to(torch.uint8)
                     writer.write(hr, reader.pts[frames])
                     frames += 1
@@ -578,8 +581,21 @@ def _bench_in_package(rounds=3):
 # ---- entry point ------------------------------------------------------------------------------------
 
 
-def _on_sigterm(signum, frame):
-    raise _Terminated()
+_signalled = []
+
+
+def _on_signal(signum, frame):
+    """Ctrl-C / SIGTERM: note it, and stop at the next step (`_raise_if_signalled`), not wherever the
+    interpreter happens to be (inside a PyAV callback an exception would be swallowed); a second
+    signal stops at once."""
+    if _signalled:
+        raise KeyboardInterrupt
+    _signalled.append(signum)
+
+
+def _raise_if_signalled():
+    if _signalled:
+        raise KeyboardInterrupt if _signalled[0] == signal.SIGINT else _Terminated()
 
 
 def main(argv=None):
@@ -589,7 +605,8 @@ def main(argv=None):
         if args.command != "bench":
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.pytest_args = [*args.pytest_args, *extra]
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    _signalled.clear()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if args.command == "bench":
             return _bench(args)
@@ -618,7 +635,8 @@ def main(argv=None):
             )
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":
