@@ -17,12 +17,12 @@ import torch
 
 pytest.importorskip("av")
 
-from _video_helpers import moving_frames, probe, write_clip  # noqa: E402
-
 import vsr_fast  # noqa: E402
 from vsr_fast import cli  # noqa: E402
 from vsr_fast import io as vio  # noqa: E402
 from vsr_fast.checkpoint import convert_state_dict  # noqa: E402
+
+from _video_helpers import moving_frames, probe, write_clip  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TOLERANCE
 
 import vsr_fast
 from vsr_fast import reference
 from vsr_fast.inference import DEFAULT_MAX_MEMORY, LongVideo, segment_length_for, upscale
+
+from _helpers import TOLERANCE
 
 SIZES = {"basicvsr": (16, 20), "iconvsr": (18, 22)}  # IconVSR: not multiples of 4 (pad and crop)
 CLASSES = {

@@ -12,9 +12,9 @@ import torch
 
 pytest.importorskip("av")
 
-from _video_helpers import PATCH, PATCHES, moving_frames, patch_frame, probe, write_clip  # noqa: E402
-
 from vsr_fast import io as vio  # noqa: E402
+
+from _video_helpers import PATCH, PATCHES, moving_frames, patch_frame, probe, write_clip  # noqa: E402
 
 # 8-bit YUV 4:2:0 with the right matrix and range loses at most a couple of code values on flat
 # patches; the wrong matrix is off by far more (red: 17 in G, BT.709 vs BT.601), the wrong range by ~20

@@ -8,10 +8,11 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vsr_fast"
 
-# Lowest first. A module may import its own layer and the ones before it. The last entries are
-# planned (docs/design.md): listed so that each lands in its place.
+# Lowest first. A module may import its own layer and the ones before it. distributed is planned
+# (docs/design.md): listed so that it lands in its place.
 LAYERS = [
     {"_C", "_extension"},  # the compiled library and its loader
+    {"hardware"},  # what this machine runs fast: torch only, for any layer's precision choice
     {"checkpoint"},  # file formats and key names: torch and the standard library only
     {"reference"},  # the spec; may read *_pretrained files through checkpoint
     {"ops"},  # the operators' Python side; backward recomputes the reference

@@ -72,8 +72,10 @@ class IconVSR(_RecurrentVSRBase):
         pad_h = (4 - h % 4) % 4
         pad_w = (4 - w % 4) % 4
         if pad_h >= h or pad_w >= w:
-            raise ValueError(f"IconVSR: frames of {h}x{w} are too small: reflect-padding them to a multiple "
-                             f"of 4 needs at least 3 pixels in each direction")
+            raise ValueError(
+                f"IconVSR: frames of {h}x{w} are too small: reflect-padding them to a multiple "
+                f"of 4 needs at least 3 pixels in each direction"
+            )
         if pad_h == 0 and pad_w == 0:
             return lrs
         lrs = F.pad(lrs.reshape(-1, c, h, w), [0, pad_w, 0, pad_h], mode="reflect")
@@ -94,7 +96,7 @@ class IconVSR(_RecurrentVSRBase):
         """
         before, after = _TEMPORAL_PAD[self.padding]
         padded = before + list(range(t)) + [t + j for j in after]
-        return padded[i:i + 2 * self.padding + 1]
+        return padded[i : i + 2 * self.padding + 1]
 
     def compute_refill_feature(self, window):
         """EDVR feature of one keyframe from its window ``(N, 2 * padding + 1, 3, H, W)`` -> (N, C, H, W)."""
