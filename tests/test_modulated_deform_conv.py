@@ -507,7 +507,9 @@ def test_bad_arguments_of_the_wrapper_and_the_backward(device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_device_mismatch_and_determinism():
+def test_cuda_device_mismatch_and_determinism(monkeypatch):
+    # the op's GEMMs are cuBLAS calls, which deterministic mode allows only with this workspace setting
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     config = CONFIGS["edvr"]
     x, offset, mask, weight, bias = make_inputs(config, "cuda", torch.float32)
     with pytest.raises(RuntimeError, match=r"vsr_fast::modulated_deform_conv: every tensor must be on x's"):
@@ -539,3 +541,11 @@ def test_cuda_matches_cpu(dtype):
     torch.testing.assert_close(
         out_cuda, fast(*args, config), atol=1e-5 if dtype == torch.float32 else 2e-2, rtol=0
     )
+
+
+def test_kernels_are_registered_for_every_built_backend():
+    ops = ("vsr_fast::modulated_deform_conv", "vsr_fast::_modulated_deform_conv_backward")
+    backends = ["CPU"] + (["CUDA"] if vsr_fast.build_info()["cuda"] else [])
+    for op in ops:
+        for backend in backends:
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(op, backend), (op, backend)
