@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import vsr_fast
 from vsr_fast import reference
@@ -72,5 +73,58 @@ def test_training_gradients_match_the_reference():
         loss.backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for k in grads[0]:
+        assert_close_scaled(grads[0][k], grads[1][k], "float32_chain", msg=k)
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the operators that reach the dispatcher, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.name()
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_fast_iconvsr_aligns_through_the_deform_conv_op():
+    fast, _ = pair(vsr_fast.IconVSR, reference.IconVSR, mid_channels=16, num_blocks=1, padding=2)
+    assert isinstance(fast.edvr, vsr_fast.models.EDVRFeatureExtractor)
+    counter = _OpCounter()
+    with torch.no_grad(), warnings.catch_warnings(), counter:
+        warnings.simplefilter("ignore", UserWarning)
+        fast(torch.rand(1, 6, 3, 16, 20))
+    # keyframes 0 and 5, a 5-frame window each, 4 DCN packs per frame's PCD alignment (L3, L2, L1, cascade)
+    assert counter.calls.get("vsr_fast::modulated_deform_conv") == 2 * 5 * 4
+    # and none of the reference DCN's corner gathers
+    assert "aten::gather" not in counter.calls
+
+
+def test_fast_edvr_outputs_and_gradients_match_the_reference():
+    torch.manual_seed(0)
+    ref = reference.EDVRFeatureExtractor(mid_channels=16, num_frames=5, center_frame_idx=2)
+    fast = vsr_fast.models.EDVRFeatureExtractor(mid_channels=16, num_frames=5, center_frame_idx=2)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    # learnt offsets are not zero: perturb conv_offset so that the packs really deform
+    with torch.no_grad():
+        for model in (fast, ref):
+            for name, p in model.named_parameters():
+                if "conv_offset" in name:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    frames = torch.rand(1, 5, 3, 16, 24)
+    out = fast(frames)
+    expected = ref.double()(frames.double())
+    torch.testing.assert_close(out.double(), expected, atol=TOLERANCE["float32_chain"], rtol=0)
+    ref.float()
+    grads = []
+    for model in (fast, ref):
+        model.zero_grad()
+        model(frames).square().mean().backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("conv_offset" in k for k in grads[0])
     for k in grads[0]:
         assert_close_scaled(grads[0][k], grads[1][k], "float32_chain", msg=k)

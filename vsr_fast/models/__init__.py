@@ -5,7 +5,8 @@ Same constructor arguments and state-dict keys as mmagic's BasicVSRNet / IconVSR
 """
 
 from .basicvsr import BasicVSR
+from .edvr import EDVRFeatureExtractor
 from .iconvsr import IconVSR
 from .spynet import SPyNet
 
-__all__ = ["BasicVSR", "IconVSR", "SPyNet"]
+__all__ = ["BasicVSR", "IconVSR", "SPyNet", "EDVRFeatureExtractor"]

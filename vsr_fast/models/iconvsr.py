@@ -1,13 +1,14 @@
 """IconVSR whose propagation steps run through vsr_fast's fused ops.
 
 Steps without a keyframe are one propagation_step call (warp + concat + trunk); keyframe steps warp,
-fuse the refill feature with keyframe_fusion (no concat) and run the trunk. The EDVR refill extractor
-(PCD + DCNv2 + TSA) is still the pure-PyTorch reference: there is no fast DCN op yet.
+fuse the refill feature with keyframe_fusion (no concat) and run the trunk. The EDVR refill extractor's
+PCD alignment runs its deformable convolutions through vsr_fast::modulated_deform_conv.
 """
 
 from .. import reference
 from ..ops import flow_warp, keyframe_fusion, propagation_step, trunk_parameters
 from .basicvsr import FastTailMixin, pixel_flow
+from .edvr import EDVRFeatureExtractor
 from .spynet import SPyNet
 
 __all__ = ["IconVSR"]
@@ -17,6 +18,7 @@ class IconVSR(FastTailMixin, reference.IconVSR):
     """Drop-in for mmagic's IconVSRNet (same constructor arguments and state-dict keys)."""
 
     spynet_class = SPyNet
+    edvr_class = EDVRFeatureExtractor
 
     @staticmethod
     def warp(feat, flow):

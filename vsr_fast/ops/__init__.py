@@ -6,5 +6,11 @@ from .modulated_deform_conv import modulated_deform_conv
 from .propagation_step import propagation_step
 from .residual_trunk import residual_trunk, trunk_parameters
 
-__all__ = ["flow_warp", "keyframe_fusion", "modulated_deform_conv", "residual_trunk", "propagation_step",
-           "trunk_parameters"]
+__all__ = [
+    "flow_warp",
+    "keyframe_fusion",
+    "modulated_deform_conv",
+    "residual_trunk",
+    "propagation_step",
+    "trunk_parameters",
+]

@@ -20,6 +20,9 @@ class PCDAlignment(nn.Module):
     each level's ``dcn_pack`` turns them into offsets and masks with its own ``conv_offset``.
     """
 
+    # the deformable convolution's class; a subclass (vsr_fast.models) may substitute a faster one
+    dcn_pack_class = ModulatedDCNPack
+
     def __init__(self, mid_channels=64, deform_groups=8):
         super().__init__()
         self.offset_conv1 = nn.ModuleDict()
@@ -36,7 +39,7 @@ class PCDAlignment(nn.Module):
             else:
                 self.offset_conv2[level] = ConvModule(mid_channels * 2, mid_channels, 3, padding=1)
                 self.offset_conv3[level] = ConvModule(mid_channels, mid_channels, 3, padding=1)
-            self.dcn_pack[level] = ModulatedDCNPack(
+            self.dcn_pack[level] = self.dcn_pack_class(
                 mid_channels, mid_channels, 3, padding=1, deform_groups=deform_groups
             )
             if i < 3:
@@ -46,7 +49,7 @@ class PCDAlignment(nn.Module):
                 )
         self.cas_offset_conv1 = ConvModule(mid_channels * 2, mid_channels, 3, padding=1)
         self.cas_offset_conv2 = ConvModule(mid_channels, mid_channels, 3, padding=1)
-        self.cas_dcnpack = ModulatedDCNPack(
+        self.cas_dcnpack = self.dcn_pack_class(
             mid_channels, mid_channels, 3, padding=1, deform_groups=deform_groups
         )
         self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
@@ -135,6 +138,9 @@ class EDVRFeatureExtractor(nn.Module):
     for signature compatibility and unused (the extractor has no reconstruction part).
     """
 
+    # the alignment module's class; a subclass (vsr_fast.models) may substitute a faster one
+    pcd_alignment_class = PCDAlignment
+
     def __init__(
         self,
         in_channels=3,
@@ -165,7 +171,7 @@ class EDVRFeatureExtractor(nn.Module):
         self.feat_l2_conv2 = ConvModule(mid_channels, mid_channels, 3, 1, 1)
         self.feat_l3_conv1 = ConvModule(mid_channels, mid_channels, 3, 2, 1)
         self.feat_l3_conv2 = ConvModule(mid_channels, mid_channels, 3, 1, 1)
-        self.pcd_alignment = PCDAlignment(mid_channels=mid_channels, deform_groups=deform_groups)
+        self.pcd_alignment = self.pcd_alignment_class(mid_channels=mid_channels, deform_groups=deform_groups)
         if with_tsa:
             self.fusion = TSAFusion(
                 mid_channels=mid_channels, num_frames=num_frames, center_frame_idx=center_frame_idx

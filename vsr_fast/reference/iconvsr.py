@@ -26,6 +26,9 @@ class IconVSR(_RecurrentVSRBase):
     built for tests; with the only released width, 64, the two are the same network.
     """
 
+    # the refill feature extractor's class; a subclass (vsr_fast.models) may substitute a faster one
+    edvr_class = EDVRFeatureExtractor
+
     def __init__(
         self,
         mid_channels=64,
@@ -46,7 +49,7 @@ class IconVSR(_RecurrentVSRBase):
         self.padding = padding
         self.keyframe_stride = keyframe_stride
         self.spynet = self.spynet_class(pretrained=spynet_pretrained)
-        self.edvr = EDVRFeatureExtractor(
+        self.edvr = self.edvr_class(
             mid_channels=mid_channels,
             num_frames=padding * 2 + 1,
             center_frame_idx=padding,
