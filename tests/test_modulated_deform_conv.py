@@ -396,7 +396,8 @@ def test_torch_compile_forward_and_backward(device):
     compiled = torch.compile(pack, fullgraph=True)
     leaves = [t.clone().requires_grad_() for t in (x, logits, weight, bias)]
     out = compiled(*leaves)
-    torch.testing.assert_close(out, pack(x, logits, weight, bias), atol=0, rtol=0)
+    # inductor's sigmoid may differ from eager's by an ulp; the op is the same kernel either way
+    torch.testing.assert_close(out, pack(x, logits, weight, bias), atol=1e-6, rtol=0)
     out.sum().backward()
     eager = [t.clone().requires_grad_() for t in (x, logits, weight, bias)]
     pack(*eager).sum().backward()
