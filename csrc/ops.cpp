@@ -69,11 +69,13 @@ TORCH_LIBRARY(vsr_fast, m) {
   // mmcv/torchvision layout (y then x per tap), mask [N, deform_groups * kh * kw, H_out, W_out] (already
   // through its sigmoid). Only groups=1. Returns (grad_x, grad_offset, grad_mask, grad_weight, grad_bias);
   // an output whose output_mask entry is false (or grad_bias without a bias) is an empty [0] tensor.
-  m.def("modulated_deform_conv(Tensor x, Tensor offset, Tensor mask, Tensor weight, Tensor? bias, "
-        "int[2] stride, int[2] padding, int[2] dilation, int groups, int deform_groups) -> Tensor");
-  m.def("_modulated_deform_conv_backward(Tensor grad_out, Tensor x, Tensor offset, Tensor mask, "
-        "Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
-        "int deform_groups, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "modulated_deform_conv(Tensor x, Tensor offset, Tensor mask, Tensor weight, Tensor? bias, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, int deform_groups) -> Tensor");
+  m.def(
+      "_modulated_deform_conv_backward(Tensor grad_out, Tensor x, Tensor offset, Tensor mask, "
+      "Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+      "int deform_groups, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // An importable, empty module: importing vsr_fast._C loads this library and runs the registrations
