@@ -14,12 +14,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_dispatch.h"
 #include "vsr_fast/flow_warp.h"
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define VSR_FAST_X86_SIMD 1
-#include <immintrin.h>
-#endif
 
 namespace vsr_fast {
 namespace cpu_flow_warp {
@@ -35,33 +31,6 @@ using flow_warp_math::kNearest;
 using flow_warp_math::kZeros;
 using flow_warp_math::pixel_taps;
 using flow_warp_math::PixelTaps;
-
-// Whether the AVX2 + FMA kernels (compiled for them whatever the build flags) may run on this CPU.
-inline bool cpu_has_avx2_fma() {
-#ifdef VSR_FAST_X86_SIMD
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
-
-// static_switch(fn, b0, b1, ...) calls fn(std::bool_constant<b0>{}, std::bool_constant<b1>{}, ...)
-// for run-time bools: one instantiation of fn's body per combination, each with its flags known at
-// compile time.
-template <typename Fn>
-void static_switch(Fn&& fn) {
-  fn();
-}
-
-template <typename Fn, typename... Rest>
-void static_switch(Fn&& fn, bool first, Rest... rest) {
-  if (first) {
-    static_switch([&](auto... known) { fn(std::true_type{}, known...); }, rest...);
-  } else {
-    static_switch([&](auto... known) { fn(std::false_type{}, known...); }, rest...);
-  }
-}
 
 #ifdef VSR_FAST_X86_SIMD
 // Row taps of the propagation mode (bilinear, zeros, align_corners=True, fp32 flow, width > 1) in

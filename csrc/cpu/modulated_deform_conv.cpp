@@ -21,9 +21,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -36,6 +34,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_dispatch.h"
 #include "vsr_fast/flow_warp.h"
 #include "vsr_fast/modulated_deform_conv.h"
 
@@ -43,6 +42,8 @@ namespace vsr_fast {
 namespace {
 
 using namespace deform_conv_math;
+using flow_warp_math::bilinear_blend;
+using flow_warp_math::BilinearWeights;
 
 // Column buffer bound: 4 MiB (2048 pixels x 576 fp32 columns at EDVR's C = 64, 3x3) runs the GEMM
 // from cache; measured 160 GFLOP/s against 105 GFLOP/s for one [7168, 576] x [576, 64] product on the
@@ -50,11 +51,6 @@ using namespace deform_conv_math;
 constexpr int64_t kColumnBytes = int64_t(4) << 20;
 // Lanes of the partial sums in col2im: independent accumulators the compiler can keep in one vector.
 constexpr int kLanes = 8;
-
-int64_t rows_per_chunk(const DeformConvGeometry& g, int64_t element_size) {
-  const int64_t row_bytes = std::max<int64_t>(1, g.wo * g.k * g.c * element_size);
-  return std::clamp<int64_t>(kColumnBytes / row_bytes, 1, g.ho);
-}
 
 // x as [N, G, H * W + 4, C / G] in acc_t (G deform groups), the last four pixels of each block zero.
 at::Tensor pixels_with_zero(const at::Tensor& x, int64_t groups, at::ScalarType acc_type) {
@@ -65,28 +61,6 @@ at::Tensor pixels_with_zero(const at::Tensor& x, int64_t groups, at::ScalarType 
       .copy_(x.reshape({n, groups, cg, h, w}).permute({0, 1, 3, 4, 2}));
   xp.narrow(2, h * w, 4).zero_();
   return xp;
-}
-
-// Weight as the GEMM's right-hand side [C * K, C_out], rows in the columns' (group, tap, channel) order.
-at::Tensor weight_matrix(const at::Tensor& weight, int64_t groups) {
-  const int64_t c_out = weight.size(0), c = weight.size(1), kh = weight.size(2), kw = weight.size(3);
-  return weight.reshape({c_out, groups, c / groups, kh, kw})
-      .permute({1, 3, 4, 2, 0})
-      .reshape({-1, c_out})
-      .contiguous();
-}
-
-// grad_weight from its [C * K, C_out] matrix (weight_matrix's order).
-void copy_weight_matrix(at::Tensor& grad_weight, const at::Tensor& matrix, int64_t groups) {
-  const int64_t c_out = grad_weight.size(0), c = grad_weight.size(1), kh = grad_weight.size(2),
-                kw = grad_weight.size(3);
-  grad_weight.view({c_out, groups, c / groups, kh, kw})
-      .copy_(matrix.view({groups, kh, kw, c / groups, c_out}).permute({4, 0, 3, 1, 2}));
-}
-
-// Image n, output rows [row0, row0 + rows) of an [N, C, Ho, Wo] tensor as a [rows * Wo, C] matrix.
-at::Tensor rows_matrix(const at::Tensor& t, int64_t n, int64_t row0, int64_t rows) {
-  return t.select(0, n).narrow(1, row0, rows).permute({1, 2, 0}).reshape({-1, t.size(1)});
 }
 
 template <typename acc_t, typename off_t>
@@ -137,10 +111,10 @@ C10_ALWAYS_INLINE void tap_samples(const off_t* __restrict__ off_y, const off_t*
     const int32_t y0 = static_cast<int32_t>(b.y0), x0 = static_cast<int32_t>(b.x0);
     for (int c = 0; c < 4; ++c) {
       pixel[c * wo + ox] = b.valid[c] ? (y0 + (c >> 1)) * width + x0 + (c & 1) : outside + c;
-      weight[c * wo + ox] = kBackward ? b.weight[c] : b.weight[c] * m;
+      weight[c * wo + ox] = kBackward ? b.weight.w[c] : b.weight.w[c] * m;
       if constexpr (kBackward) {
-        dweight_dy[c * wo + ox] = b.dweight_dy[c];
-        dweight_dx[c * wo + ox] = b.dweight_dx[c];
+        dweight_dy[c * wo + ox] = b.dweight_dy.w[c];
+        dweight_dx[c * wo + ox] = b.dweight_dx.w[c];
       }
     }
     if constexpr (kBackward) mask_out[ox] = m;
@@ -164,13 +138,14 @@ C10_ALWAYS_INLINE void row_samples(const Sampling<acc_t, off_t>& s, int64_t n, i
       acc_t* dwy = kBackward ? t.dweight_dy.data() + e : nullptr;
       acc_t* dwx = kBackward ? t.dweight_dx.data() + e : nullptr;
       acc_t* m = kBackward ? t.mask.data() + k * g.wo : nullptr;
-      auto run = [&](auto unit_c) {
-        tap_samples<acc_t, off_t, decltype(unit_c)::value, kBackward>(
-            off_y, off_y + s.os[1], mask, s.os[3], s.ms[3], base_y, base_x0, static_cast<acc_t>(g.sw),
-            static_cast<int32_t>(g.h), static_cast<int32_t>(g.w), wo, t.pixel.data() + e, t.weight.data() + e,
-            dwy, dwx, m);
-      };
-      unit ? run(std::true_type{}) : run(std::false_type{});
+      static_switch(
+          [&](auto unit_c) {
+            tap_samples<acc_t, off_t, decltype(unit_c)::value, kBackward>(
+                off_y, off_y + s.os[1], mask, s.os[3], s.ms[3], base_y, base_x0, static_cast<acc_t>(g.sw),
+                static_cast<int32_t>(g.h), static_cast<int32_t>(g.w), wo, t.pixel.data() + e,
+                t.weight.data() + e, dwy, dwx, m);
+          },
+          unit);
     }
   }
 }
@@ -179,11 +154,11 @@ C10_ALWAYS_INLINE void row_samples(const Sampling<acc_t, off_t>& s, int64_t n, i
 template <typename scalar_t, typename acc_t, int kCg>
 C10_ALWAYS_INLINE void blend(scalar_t* __restrict__ dst, const acc_t* __restrict__ p0,
                              const acc_t* __restrict__ p1, const acc_t* __restrict__ p2,
-                             const acc_t* __restrict__ p3, acc_t w0, acc_t w1, acc_t w2, acc_t w3,
+                             const acc_t* __restrict__ p3, const BilinearWeights<acc_t>& weights,
                              int64_t cg_runtime) {
   const int64_t cg = kCg ? kCg : cg_runtime;
   for (int64_t c = 0; c < cg; ++c) {
-    dst[c] = static_cast<scalar_t>(w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c]);
+    dst[c] = static_cast<scalar_t>(bilinear_blend(weights, p0[c], p1[c], p2[c], p3[c]));
   }
 }
 
@@ -201,9 +176,11 @@ C10_ALWAYS_INLINE void im2col_row(const Sampling<acc_t, off_t>& s, int64_t n, in
     scalar_t* dst = cols_row + ox * kc + dg * g.k * cg;
     for (int64_t k = 0; k < g.k; ++k) {
       const int64_t e = k * 4 * wo + ox;
+      const BilinearWeights<acc_t> weights{
+          {weight[e], weight[e + wo], weight[e + 2 * wo], weight[e + 3 * wo]}};
       blend<scalar_t, acc_t, kCg>(dst + k * cg, image + pixel[e] * cg, image + pixel[e + wo] * cg,
-                                  image + pixel[e + 2 * wo] * cg, image + pixel[e + 3 * wo] * cg, weight[e],
-                                  weight[e + wo], weight[e + 2 * wo], weight[e + 3 * wo], cg);
+                                  image + pixel[e + 2 * wo] * cg, image + pixel[e + 3 * wo] * cg, weights,
+                                  cg);
     }
   }
 }
@@ -228,11 +205,11 @@ C10_ALWAYS_INLINE void col2im_row(const Sampling<acc_t, off_t>& s, int64_t n, in
       const acc_t* __restrict__ p1 = image + t.pixel[e + wo] * cg;
       const acc_t* __restrict__ p2 = image + t.pixel[e + 2 * wo] * cg;
       const acc_t* __restrict__ p3 = image + t.pixel[e + 3 * wo] * cg;
-      acc_t w[4], dwy[4], dwx[4];
+      BilinearWeights<acc_t> w, dwy, dwx;
       for (int c = 0; c < 4; ++c) {
-        w[c] = t.weight[e + c * wo];
-        dwy[c] = t.dweight_dy[e + c * wo];
-        dwx[c] = t.dweight_dx[e + c * wo];
+        w.w[c] = t.weight[e + c * wo];
+        dwy.w[c] = t.dweight_dy[e + c * wo];
+        dwx.w[c] = t.dweight_dx[e + c * wo];
       }
       const acc_t m = t.mask[k * wo + ox];
       const scalar_t* __restrict__ gc = gcols_row + ox * kc + channel * cg;
@@ -241,9 +218,10 @@ C10_ALWAYS_INLINE void col2im_row(const Sampling<acc_t, off_t>& s, int64_t n, in
       auto step = [&](int64_t c, int lane) C10_ALWAYS_INLINE_ATTRIBUTE {
         const acc_t go = static_cast<acc_t>(gc[c]);
         const acc_t v0 = p0[c], v1 = p1[c], v2 = p2[c], v3 = p3[c];
-        sum_v[lane] += go * (w[0] * v0 + w[1] * v1 + w[2] * v2 + w[3] * v3);
-        sum_dy[lane] += go * (dwy[0] * v0 + dwy[1] * v1 + dwy[2] * v2 + dwy[3] * v3);
-        sum_dx[lane] += go * (dwx[0] * v0 + dwx[1] * v1 + dwx[2] * v2 + dwx[3] * v3);
+        // the sample and its derivatives along y and x: the patch blended with each weight set
+        sum_v[lane] += go * bilinear_blend(w, v0, v1, v2, v3);
+        sum_dy[lane] += go * bilinear_blend(dwy, v0, v1, v2, v3);
+        sum_dx[lane] += go * bilinear_blend(dwx, v0, v1, v2, v3);
       };
       int64_t c = 0;
       for (; c + kLanes <= cg; c += kLanes) {
@@ -256,7 +234,7 @@ C10_ALWAYS_INLINE void col2im_row(const Sampling<acc_t, off_t>& s, int64_t n, in
         acc_t* __restrict__ q1 = gx_image + t.pixel[e + wo] * cg;
         acc_t* __restrict__ q2 = gx_image + t.pixel[e + 2 * wo] * cg;
         acc_t* __restrict__ q3 = gx_image + t.pixel[e + 3 * wo] * cg;
-        const acc_t mw0 = m * w[0], mw1 = m * w[1], mw2 = m * w[2], mw3 = m * w[3];
+        const acc_t mw0 = m * w.w[0], mw1 = m * w.w[1], mw2 = m * w.w[2], mw3 = m * w.w[3];
         for (int64_t c = 0; c < cg; ++c) {
           const acc_t go = static_cast<acc_t>(gc[c]);
           q0[c] += mw0 * go;
@@ -282,25 +260,16 @@ C10_ALWAYS_INLINE void col2im_row(const Sampling<acc_t, off_t>& s, int64_t n, in
   }
 }
 
-bool cpu_has_avx2_fma() {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-#else
-  return false;
-#endif
-}
-
-// The row kernels compiled twice: for the build's baseline and, on x86, for AVX2 + FMA (picked at run
-// time). The samples' floor() is one instruction from SSE4.1 on and a libm call before it.
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define VSR_FAST_AVX2_CLONE 1
+// The row loops compiled twice: for the build's baseline and, on x86, for AVX2 + FMA (picked at run
+// time by cpu_has_avx2_fma). The samples' floor() is one instruction from SSE4.1 on and a libm call
+// before it. The bodies are inlined into both clones.
+#ifdef VSR_FAST_X86_SIMD
 #define VSR_FAST_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #endif
 
 template <typename scalar_t, typename acc_t, typename off_t, int kCg>
-void im2col_rows_baseline(const Sampling<acc_t, off_t>& s, int64_t n, int64_t row0, int64_t task_begin,
-                          int64_t task_end, scalar_t* cols) {
+C10_ALWAYS_INLINE void im2col_rows(const Sampling<acc_t, off_t>& s, int64_t n, int64_t row0,
+                                   int64_t task_begin, int64_t task_end, scalar_t* cols) {
   thread_local RowSamples<acc_t> t;
   t.resize(s.g.k * s.g.wo, false);
   for (int64_t task = task_begin; task < task_end; ++task) {
@@ -310,9 +279,10 @@ void im2col_rows_baseline(const Sampling<acc_t, off_t>& s, int64_t n, int64_t ro
 }
 
 template <typename scalar_t, typename acc_t, typename off_t, int kCg, bool kGradX>
-void col2im_rows_baseline(const Sampling<acc_t, off_t>& s, int64_t n, int64_t row0, int64_t task_begin,
-                          int64_t task_end, const scalar_t* gcols, acc_t* gx, off_t* grad_offset,
-                          std::array<int64_t, 4> gos, off_t* grad_mask, std::array<int64_t, 4> gms) {
+C10_ALWAYS_INLINE void col2im_rows(const Sampling<acc_t, off_t>& s, int64_t n, int64_t row0,
+                                   int64_t task_begin, int64_t task_end, const scalar_t* gcols, acc_t* gx,
+                                   off_t* grad_offset, std::array<int64_t, 4> gos, off_t* grad_mask,
+                                   std::array<int64_t, 4> gms) {
   thread_local RowSamples<acc_t> t;
   t.resize(s.g.k * s.g.wo, true);
   for (int64_t task = task_begin; task < task_end; ++task) {
@@ -322,16 +292,25 @@ void col2im_rows_baseline(const Sampling<acc_t, off_t>& s, int64_t n, int64_t ro
   }
 }
 
-#ifdef VSR_FAST_AVX2_CLONE
+template <typename scalar_t, typename acc_t, typename off_t, int kCg>
+void im2col_rows_baseline(const Sampling<acc_t, off_t>& s, int64_t n, int64_t row0, int64_t task_begin,
+                          int64_t task_end, scalar_t* cols) {
+  im2col_rows<scalar_t, acc_t, off_t, kCg>(s, n, row0, task_begin, task_end, cols);
+}
+
+template <typename scalar_t, typename acc_t, typename off_t, int kCg, bool kGradX>
+void col2im_rows_baseline(const Sampling<acc_t, off_t>& s, int64_t n, int64_t row0, int64_t task_begin,
+                          int64_t task_end, const scalar_t* gcols, acc_t* gx, off_t* grad_offset,
+                          std::array<int64_t, 4> gos, off_t* grad_mask, std::array<int64_t, 4> gms) {
+  col2im_rows<scalar_t, acc_t, off_t, kCg, kGradX>(s, n, row0, task_begin, task_end, gcols, gx, grad_offset,
+                                                   gos, grad_mask, gms);
+}
+
+#ifdef VSR_FAST_X86_SIMD
 template <typename scalar_t, typename acc_t, typename off_t, int kCg>
 VSR_FAST_TARGET_AVX2 void im2col_rows_avx2(const Sampling<acc_t, off_t>& s, int64_t n, int64_t row0,
                                            int64_t task_begin, int64_t task_end, scalar_t* cols) {
-  thread_local RowSamples<acc_t> t;
-  t.resize(s.g.k * s.g.wo, false);
-  for (int64_t task = task_begin; task < task_end; ++task) {
-    const int64_t r = task / s.g.deform_groups, dg = task % s.g.deform_groups;
-    im2col_row<scalar_t, acc_t, off_t, kCg>(s, n, row0 + r, dg, t, cols + r * s.g.wo * s.g.k * s.g.c);
-  }
+  im2col_rows<scalar_t, acc_t, off_t, kCg>(s, n, row0, task_begin, task_end, cols);
 }
 
 template <typename scalar_t, typename acc_t, typename off_t, int kCg, bool kGradX>
@@ -339,24 +318,16 @@ VSR_FAST_TARGET_AVX2 void col2im_rows_avx2(const Sampling<acc_t, off_t>& s, int6
                                            int64_t task_begin, int64_t task_end, const scalar_t* gcols,
                                            acc_t* gx, off_t* grad_offset, std::array<int64_t, 4> gos,
                                            off_t* grad_mask, std::array<int64_t, 4> gms) {
-  thread_local RowSamples<acc_t> t;
-  t.resize(s.g.k * s.g.wo, true);
-  for (int64_t task = task_begin; task < task_end; ++task) {
-    const int64_t r = task / s.g.deform_groups, dg = task % s.g.deform_groups;
-    col2im_row<scalar_t, acc_t, off_t, kCg, kGradX>(s, n, row0 + r, dg, t, gcols + r * s.g.wo * s.g.k * s.g.c,
-                                                    gx, grad_offset, gos, grad_mask, gms);
-  }
+  col2im_rows<scalar_t, acc_t, off_t, kCg, kGradX>(s, n, row0, task_begin, task_end, gcols, gx, grad_offset,
+                                                   gos, grad_mask, gms);
 }
 #endif
 
 // Calls fn(std::integral_constant<int, kCg>) with kCg = 8 where the group has 8 channels, else 0.
 template <typename Fn>
 void with_group_channels(int64_t cg, Fn&& fn) {
-  if (cg == 8) {
-    fn(std::integral_constant<int, 8>{});
-  } else {
-    fn(std::integral_constant<int, 0>{});
-  }
+  static_switch([&](auto eight) { fn(std::integral_constant<int, decltype(eight)::value ? 8 : 0>{}); },
+                cg == 8);
 }
 
 template <typename scalar_t, typename acc_t, typename off_t>
@@ -364,7 +335,7 @@ void im2col_chunk(const Sampling<acc_t, off_t>& s, int64_t n, int64_t row0, int6
   with_group_channels(s.g.channels_per_group, [&](auto cg_c) {
     constexpr int kCg = decltype(cg_c)::value;
     at::parallel_for(0, rows * s.g.deform_groups, 1, [&](int64_t begin, int64_t end) {
-#ifdef VSR_FAST_AVX2_CLONE
+#ifdef VSR_FAST_X86_SIMD
       if (cpu_has_avx2_fma()) {
         im2col_rows_avx2<scalar_t, acc_t, off_t, kCg>(s, n, row0, begin, end, cols);
         return;
@@ -420,19 +391,14 @@ at::Tensor modulated_deform_conv_cpu(const at::Tensor& x, const at::Tensor& offs
           const at::Tensor xp = pixels_with_zero(x, g.deform_groups, c10::CppTypeToScalarType<acc_t>::value);
           const auto s = sampling_of<acc_t, off_t>(g, xp, offset, mask);
           const at::Tensor wm = weight_matrix(weight, g.deform_groups);
-          const int64_t chunk = rows_per_chunk(g, x.element_size());
+          const int64_t chunk = rows_per_chunk(g, x.element_size(), kColumnBytes);
           at::Tensor cols = at::empty({chunk * g.wo, g.k * g.c}, x.options());
           for (int64_t n = 0; n < g.n; ++n) {
             for (int64_t row0 = 0; row0 < g.ho; row0 += chunk) {
               const int64_t rows = std::min(chunk, g.ho - row0);
               at::Tensor c = cols.narrow(0, 0, rows * g.wo);
               im2col_chunk<scalar_t, acc_t, off_t>(s, n, row0, rows, c.mutable_data_ptr<scalar_t>());
-              at::Tensor o = out.select(0, n).narrow(1, row0, rows).permute({1, 2, 0}).view({-1, g.c_out});
-              if (bias.defined()) {
-                at::addmm_out(o, bias.unsqueeze(0).expand({rows * g.wo, g.c_out}), c, wm);
-              } else {
-                at::mm_out(o, c, wm);
-              }
+              columns_times_weight_into(out, n, row0, rows, c, wm, bias);
             }
           }
         });
@@ -446,19 +412,20 @@ void col2im_tasks(const Sampling<acc_t, off_t>& s, int64_t n, int64_t row0, int6
                   off_t* grad_mask, std::array<int64_t, 4> gms) {
   with_group_channels(s.g.channels_per_group, [&](auto cg_c) {
     constexpr int kCg = decltype(cg_c)::value;
-    auto run = [&](auto grad_x_c) {
-      constexpr bool kGradX = decltype(grad_x_c)::value;
-#ifdef VSR_FAST_AVX2_CLONE
-      if (cpu_has_avx2_fma()) {
-        col2im_rows_avx2<scalar_t, acc_t, off_t, kCg, kGradX>(s, n, row0, begin, end, gcols, gx, grad_offset,
-                                                              gos, grad_mask, gms);
-        return;
-      }
+    static_switch(
+        [&](auto grad_x_c) {
+          constexpr bool kGradX = decltype(grad_x_c)::value;
+#ifdef VSR_FAST_X86_SIMD
+          if (cpu_has_avx2_fma()) {
+            col2im_rows_avx2<scalar_t, acc_t, off_t, kCg, kGradX>(s, n, row0, begin, end, gcols, gx,
+                                                                  grad_offset, gos, grad_mask, gms);
+            return;
+          }
 #endif
-      col2im_rows_baseline<scalar_t, acc_t, off_t, kCg, kGradX>(s, n, row0, begin, end, gcols, gx,
-                                                                grad_offset, gos, grad_mask, gms);
-    };
-    gx ? run(std::true_type{}) : run(std::false_type{});
+          col2im_rows_baseline<scalar_t, acc_t, off_t, kCg, kGradX>(s, n, row0, begin, end, gcols, gx,
+                                                                    grad_offset, gos, grad_mask, gms);
+        },
+        gx != nullptr);
   });
 }
 
@@ -472,27 +439,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
                                                                 padding, dilation, groups, deform_groups);
   check_cpu(op, x, g);
   check_modulated_deform_conv_grad_out(op, grad_out_in, x, g);
-  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
-  const bool need_x = output_mask[0], need_offset = output_mask[1], need_mask = output_mask[2],
-             need_weight = output_mask[3], need_bias = output_mask[4] && has_bias;
-  at::Tensor grad_x = need_x ? at::empty_like(x) : x.new_empty({0});
-  at::Tensor grad_offset = need_offset ? at::empty_like(offset) : offset.new_empty({0});
-  at::Tensor grad_mask = need_mask ? at::empty_like(mask) : mask.new_empty({0});
-  at::Tensor grad_weight = need_weight ? at::empty_like(weight) : weight.new_empty({0});
-  at::Tensor grad_bias = need_bias ? at::empty_like(*bias_opt) : weight.new_empty({0});
-  const bool need_columns_grad = need_x || need_offset || need_mask;
-  const bool work = g.n > 0 && g.ho > 0 && g.wo > 0 && g.c_out > 0;
-  if (need_bias) {
-    if (work) {
-      grad_bias.copy_(grad_out_in.sum({0, 2, 3}, false, at::toOpMathType(x.scalar_type())));
-    } else {
-      grad_bias.zero_();
-    }
-  }
-  if (!work || g.c == 0 || !(need_columns_grad || need_weight)) {
-    for (at::Tensor* t : {&grad_x, &grad_offset, &grad_mask, &grad_weight}) t->zero_();
-    return {grad_x, grad_offset, grad_mask, grad_weight, grad_bias};
-  }
+  DeformConvBackwardSetup b =
+      setup_modulated_deform_conv_backward(g, grad_out_in, x, offset, mask, weight, bias_opt, output_mask);
+  if (!b.work) return {b.grad_x, b.grad_offset, b.grad_mask, b.grad_weight, b.grad_bias};
+  const bool need_x = b.need_x, need_offset = b.need_offset, need_mask = b.need_mask,
+             need_weight = b.need_weight, need_columns_grad = b.need_columns_grad;
   // rows_matrix views need a layout whose pixels merge into one dimension
   const at::Tensor grad_out = grad_out_in.contiguous(x.suggest_memory_format());
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -504,7 +455,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
           const at::Tensor xp = pixels_with_zero(x, g.deform_groups, acc_type);
           const auto s = sampling_of<acc_t, off_t>(g, xp, offset, mask);
           const at::Tensor wm = weight_matrix(weight, g.deform_groups);
-          const int64_t chunk = rows_per_chunk(g, x.element_size());
+          const int64_t chunk = rows_per_chunk(g, x.element_size(), kColumnBytes);
           at::Tensor cols = at::empty({chunk * g.wo, g.k * g.c}, x.options());
           at::Tensor gcols =
               need_columns_grad ? at::empty({chunk * g.wo, g.k * g.c}, x.options()) : at::Tensor();
@@ -520,9 +471,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
           at::Tensor gx_pieces =
               need_x ? at::empty({pieces, g.deform_groups, hw + 4, cg}, x.options().dtype(acc_type))
                      : at::Tensor();
-          off_t* go_ptr = need_offset ? grad_offset.mutable_data_ptr<off_t>() : nullptr;
-          off_t* gm_ptr = need_mask ? grad_mask.mutable_data_ptr<off_t>() : nullptr;
-          const auto gos = strides4(grad_offset), gms = strides4(grad_mask);
+          off_t* go_ptr = need_offset ? b.grad_offset.mutable_data_ptr<off_t>() : nullptr;
+          off_t* gm_ptr = need_mask ? b.grad_mask.mutable_data_ptr<off_t>() : nullptr;
+          const auto gos = strides4(b.grad_offset), gms = strides4(b.grad_mask);
           for (int64_t n = 0; n < g.n; ++n) {
             if (need_x) gx_pieces.zero_();
             acc_t* gx_base = need_x ? gx_pieces.mutable_data_ptr<acc_t>() : nullptr;
@@ -532,11 +483,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
               if (need_weight) {
                 const at::Tensor c = cols.narrow(0, 0, rows * g.wo);
                 im2col_chunk<scalar_t, acc_t, off_t>(s, n, row0, rows, c.mutable_data_ptr<scalar_t>());
-                if (gwm.scalar_type() == x.scalar_type()) {
-                  gwm.addmm_(c.t(), gout);
-                } else {
-                  gwm.add_(at::mm(c.t(), gout));
-                }
+                accumulate_grad_weight(gwm, c, gout);
               }
               if (!need_columns_grad) continue;
               at::Tensor gc = gcols.narrow(0, 0, rows * g.wo);
@@ -555,17 +502,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> modulated
             }
             if (need_x) {
               const at::Tensor total = pieces == 1 ? gx_pieces.select(0, 0) : gx_pieces.sum(0);
-              grad_x.select(0, n)
+              b.grad_x.select(0, n)
                   .view({g.deform_groups, cg, g.h, g.w})
                   .copy_(total.narrow(1, 0, hw).view({g.deform_groups, g.h, g.w, cg}).permute({0, 3, 1, 2}));
             }
           }
-          if (need_weight) {
-            copy_weight_matrix(grad_weight, gwm, g.deform_groups);
-          }
+          if (need_weight) copy_weight_matrix(b.grad_weight, gwm, g.deform_groups);
         });
       });
-  return {grad_x, grad_offset, grad_mask, grad_weight, grad_bias};
+  return {b.grad_x, b.grad_offset, b.grad_mask, b.grad_weight, b.grad_bias};
 }
 
 }  // namespace

@@ -18,11 +18,11 @@
 #include <torch/library.h>
 
 #include <array>
-#include <limits>
 #include <tuple>
 #include <type_traits>
 
 #include "cuda_kernels.h"
+#include "indexing.cuh"
 #include "vsr_fast/flow_warp.h"
 
 namespace vsr_fast {
@@ -36,29 +36,6 @@ constexpr int kForwardChannels = 8;  // channels per forward thread
 struct Shape {
   int64_t n, c, h, w;
 };
-
-template <typename index_t>
-struct Strides4 {
-  index_t s0, s1, s2, s3;
-};
-
-template <typename index_t>
-Strides4<index_t> strides_of(const at::Tensor& t) {
-  return {static_cast<index_t>(t.stride(0)), static_cast<index_t>(t.stride(1)),
-          static_cast<index_t>(t.stride(2)), static_cast<index_t>(t.stride(3))};
-}
-
-// True when every element offset of every tensor, and the thread count, fits in int32.
-bool fits_int32(std::initializer_list<const at::Tensor*> tensors, int64_t threads) {
-  constexpr int64_t limit = std::numeric_limits<int32_t>::max();
-  if (threads > limit - kThreads) return false;  // the last block's idx may pass `threads`
-  for (const at::Tensor* t : tensors) {
-    int64_t max_offset = 0;
-    for (int64_t d = 0; d < t->dim(); ++d) max_offset += (t->size(d) - 1) * t->stride(d);
-    if (max_offset >= limit || t->numel() >= limit) return false;
-  }
-  return true;
-}
 
 // The taps of pixel `pixel` (linear over N, H, W) and its coordinates.
 template <typename acc_t, typename flow_t, typename index_t>
@@ -135,7 +112,7 @@ void forward_into(const at::Tensor& x, const at::Tensor& flow, const at::Tensor&
               interpolation, padding_mode, align_corners);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    const bool small = fits_int32({&x, &flow, &out}, total);
+    const bool small = fits_int32({&x, &flow, &out}, total, kThreads);
     with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
       auto with_index = [&](auto index_zero) {
         channels_fastest ? launch(index_zero, flow_zero, std::true_type{})
@@ -230,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor> flow_warp_backward_cuda(const at::Tensor& gra
               static_cast<index_t>(pixels), interpolation, padding_mode, align_corners);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         };
-        const bool small = fits_int32({&grad_out, &x, &flow}, pixels);
+        const bool small = fits_int32({&grad_out, &x, &flow}, pixels, kThreads);
         with_flow_type<scalar_t>(x, flow, [&](auto flow_zero) {
           small ? launch(int32_t{0}, flow_zero) : launch(int64_t{0}, flow_zero);
         });

@@ -43,15 +43,24 @@ C10_HOST_DEVICE inline int64_t tap_base(int64_t out, int64_t stride, int64_t pad
   return out * stride - pad + tap * dil;
 }
 
-// The 2x2 bilinear patch of one sampling point. Corner c = 2 * dy + dx (top-left, top-right,
-// bottom-left, bottom-right).
+// The 2x2 bilinear patch of one sampling point, corners in flow_warp_math's order c = 2 * dy + dx
+// (top-left, top-right, bottom-left, bottom-right). The weights are flow_warp's bilinear_weights, and
+// every sum over the patch (the sample, and its derivatives through dweight_dy / dweight_dx) is
+// flow_warp's bilinear_blend. What differs from flow_warp, and so is not shared, is how a position is
+// formed and which corners count: DCN has no align_corners or border mode (a size-1 axis is sampled
+// like any other, where flow_warp's align_corners=True always reads index 0), positions are tap bases
+// plus offsets kept in acc_t, and a corner outside the frame contributes 0 while the others keep their
+// weights (mmcv's rule).
 template <typename acc_t>
 struct BilinearSample {
-  acc_t y0, x0;                        // top-left corner, integer-valued; meaningful where a corner is valid
-  bool valid[4];                       // corner inside the frame
-  acc_t weight[4];                     // zero outside the frame; NaN (every corner) for a NaN sample
-  acc_t dweight_dy[4], dweight_dx[4];  // d weight / d offset; zero outside the frame
-  bool nan;                            // non-finite offset: the sample is NaN and no corner is valid
+  acc_t y0, x0;   // top-left corner, integer-valued; meaningful where a corner is valid
+  bool valid[4];  // corner inside the frame
+  flow_warp_math::BilinearWeights<acc_t>
+      weight;  // zero outside the frame; NaN (every corner) for a NaN sample
+  // d weight / d offset per corner (zero outside the frame): blended with the corners' values, the
+  // derivative of the sample with respect to the offset's y / x
+  flow_warp_math::BilinearWeights<acc_t> dweight_dy, dweight_dx;
+  bool nan;  // non-finite offset: the sample is NaN and no corner is valid
 };
 
 // In acc_t only (no 64-bit integer maths): positions stay exact integers in float32 within the bounds
@@ -60,6 +69,8 @@ template <typename acc_t>
 C10_HOST_DEVICE C10_ALWAYS_INLINE BilinearSample<acc_t> bilinear_sample(acc_t base_y, acc_t base_x,
                                                                         acc_t offset_y, acc_t offset_x,
                                                                         acc_t height, acc_t width) {
+  using flow_warp_math::bilinear_weights;
+  using flow_warp_math::BilinearWeights;
   using flow_warp_math::floor_of;
   using flow_warp_math::is_nonfinite;
   BilinearSample<acc_t> s;
@@ -76,15 +87,16 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE BilinearSample<acc_t> bilinear_sample(acc_t ba
                           usable && s.y0 >= acc_t(-1) && s.y0 <= height - acc_t(2)};
   const bool col_in[2] = {usable && s.x0 >= acc_t(0) && s.x0 <= width - acc_t(1),
                           usable && s.x0 >= acc_t(-1) && s.x0 <= width - acc_t(2)};
+  const BilinearWeights<acc_t> blend = bilinear_weights(fx, fy);
   const acc_t wy[2] = {acc_t(1) - fy, fy};
   const acc_t wx[2] = {acc_t(1) - fx, fx};
   const acc_t nan = static_cast<acc_t>(NAN);
   for (int c = 0; c < 4; ++c) {
     const int dy = c >> 1, dx = c & 1;
     s.valid[c] = row_in[dy] && col_in[dx];
-    s.weight[c] = s.nan ? nan : (s.valid[c] ? wy[dy] * wx[dx] : acc_t(0));
-    s.dweight_dy[c] = s.nan ? nan : (s.valid[c] ? (dy ? wx[dx] : -wx[dx]) : acc_t(0));
-    s.dweight_dx[c] = s.nan ? nan : (s.valid[c] ? (dx ? wy[dy] : -wy[dy]) : acc_t(0));
+    s.weight.w[c] = s.nan ? nan : (s.valid[c] ? blend.w[c] : acc_t(0));
+    s.dweight_dy.w[c] = s.nan ? nan : (s.valid[c] ? (dy ? wx[dx] : -wx[dx]) : acc_t(0));
+    s.dweight_dx.w[c] = s.nan ? nan : (s.valid[c] ? (dx ? wy[dy] : -wy[dy]) : acc_t(0));
   }
   return s;
 }
@@ -93,9 +105,14 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE BilinearSample<acc_t> bilinear_sample(acc_t ba
 }  // namespace vsr_fast
 
 // Host-only from here (nvcc's device pass parses it too, harmlessly).
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 
@@ -193,6 +210,97 @@ inline void check_modulated_deform_conv_grad_out(const char* op, const at::Tenso
   TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(), op,
               ": expected grad_out with x's dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
               grad_out.scalar_type(), ", ", grad_out.device());
+}
+
+// ---- the GEMM side, the same on both backends (ATen's addmm / mm: MKL or oneDNN on CPU, cuBLAS on
+// CUDA). Columns are [pixels, C * K] with (deform group, tap, channel of the group) order.
+
+// Output rows per chunk such that the column buffer stays within column_bytes (at least one row).
+inline int64_t rows_per_chunk(const DeformConvGeometry& g, int64_t element_size, int64_t column_bytes) {
+  const int64_t row_bytes = std::max<int64_t>(1, g.wo * g.k * g.c * element_size);
+  return std::clamp<int64_t>(column_bytes / row_bytes, 1, g.ho);
+}
+
+// Weight as the GEMM's right-hand side [C * K, C_out], rows in the columns' (group, tap, channel) order.
+inline at::Tensor weight_matrix(const at::Tensor& weight, int64_t groups) {
+  const int64_t c_out = weight.size(0), c = weight.size(1), kh = weight.size(2), kw = weight.size(3);
+  return weight.reshape({c_out, groups, c / groups, kh, kw})
+      .permute({1, 3, 4, 2, 0})
+      .reshape({-1, c_out})
+      .contiguous();
+}
+
+// grad_weight from its [C * K, C_out] matrix (weight_matrix's order).
+inline void copy_weight_matrix(at::Tensor& grad_weight, const at::Tensor& matrix, int64_t groups) {
+  const int64_t c_out = grad_weight.size(0), c = grad_weight.size(1), kh = grad_weight.size(2),
+                kw = grad_weight.size(3);
+  grad_weight.view({c_out, groups, c / groups, kh, kw})
+      .copy_(matrix.view({groups, kh, kw, c / groups, c_out}).permute({4, 0, 3, 1, 2}));
+}
+
+// Image n, output rows [row0, row0 + rows) of an [N, C, Ho, Wo] tensor as a [rows * Wo, C] matrix.
+inline at::Tensor rows_matrix(const at::Tensor& t, int64_t n, int64_t row0, int64_t rows) {
+  return t.select(0, n).narrow(1, row0, rows).permute({1, 2, 0}).reshape({-1, t.size(1)});
+}
+
+// out rows [row0, row0 + rows) of image n = columns x weight matrix (+ bias), written in place
+// (out's layout makes those rows one [rows * Wo, C_out] view).
+inline void columns_times_weight_into(const at::Tensor& out, int64_t n, int64_t row0, int64_t rows,
+                                      const at::Tensor& cols, const at::Tensor& wm, const at::Tensor& bias) {
+  at::Tensor o = out.select(0, n).narrow(1, row0, rows).permute({1, 2, 0}).view({-1, out.size(1)});
+  if (bias.defined()) {
+    at::addmm_out(o, bias.unsqueeze(0).expand({rows * out.size(3), out.size(1)}), cols, wm);
+  } else {
+    at::mm_out(o, cols, wm);
+  }
+}
+
+// grad_weight's matrix (acc_t, [C * K, C_out]) += columns^T x grad_out rows.
+inline void accumulate_grad_weight(at::Tensor& gwm, const at::Tensor& cols, const at::Tensor& gout) {
+  if (gwm.scalar_type() == cols.scalar_type()) {
+    gwm.addmm_(cols.t(), gout);
+  } else {
+    gwm.add_(at::mm(cols.t(), gout));
+  }
+}
+
+// What both backends' backward start from: the five gradients allocated (an unwanted one, or
+// grad_bias without a bias, is an empty [0] tensor; grad_x with x's layout), grad_bias already
+// summed, and whether sampling work is left; where it is not, the other wanted gradients are zeroed.
+struct DeformConvBackwardSetup {
+  at::Tensor grad_x, grad_offset, grad_mask, grad_weight, grad_bias;
+  bool need_x, need_offset, need_mask, need_weight, need_columns_grad;
+  bool work;
+};
+
+inline DeformConvBackwardSetup setup_modulated_deform_conv_backward(
+    const DeformConvGeometry& g, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& offset,
+    const at::Tensor& mask, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    std::array<bool, 5> output_mask) {
+  DeformConvBackwardSetup b;
+  const bool has_bias = bias.has_value() && bias->defined();
+  b.need_x = output_mask[0], b.need_offset = output_mask[1], b.need_mask = output_mask[2],
+  b.need_weight = output_mask[3];
+  const bool need_bias = output_mask[4] && has_bias;
+  b.need_columns_grad = b.need_x || b.need_offset || b.need_mask;
+  b.grad_x = b.need_x ? at::empty_like(x) : x.new_empty({0});
+  b.grad_offset = b.need_offset ? at::empty_like(offset) : offset.new_empty({0});
+  b.grad_mask = b.need_mask ? at::empty_like(mask) : mask.new_empty({0});
+  b.grad_weight = b.need_weight ? at::empty_like(weight) : weight.new_empty({0});
+  b.grad_bias = need_bias ? at::empty_like(*bias) : weight.new_empty({0});
+  const bool pixels = g.n > 0 && g.ho > 0 && g.wo > 0 && g.c_out > 0;
+  if (need_bias) {
+    if (pixels) {
+      b.grad_bias.copy_(grad_out.sum({0, 2, 3}, false, at::toOpMathType(x.scalar_type())));
+    } else {
+      b.grad_bias.zero_();
+    }
+  }
+  b.work = pixels && g.c > 0 && (b.need_columns_grad || b.need_weight);
+  if (!b.work) {
+    for (at::Tensor* t : {&b.grad_x, &b.grad_offset, &b.grad_mask, &b.grad_weight}) t->zero_();
+  }
+  return b;
 }
 
 }  // namespace vsr_fast
