@@ -5,8 +5,6 @@ ModulatedDCNPack's deformable convolution runs as one vsr_fast::modulated_deform
 the reference's corner gathers.
 """
 
-import torch
-
 from .. import reference
 from ..ops import modulated_deform_conv
 
@@ -14,24 +12,7 @@ __all__ = ["ModulatedDCNPack", "PCDAlignment", "EDVRFeatureExtractor"]
 
 
 class ModulatedDCNPack(reference.ModulatedDCNPack):
-    def forward(self, x, extra_feat):
-        out = self.conv_offset(extra_feat)
-        # conv_offset's thirds are (y/x offsets, y/x offsets, mask logits): the first two thirds,
-        # concatenated in the reference, are already one contiguous channel range, read in place
-        offsets = 2 * self.deform_groups * self.kernel_size[0] * self.kernel_size[1]
-        mask = torch.sigmoid(out[:, offsets:])
-        return modulated_deform_conv(
-            x,
-            out[:, :offsets],
-            mask,
-            self.weight,
-            self.bias,
-            self.stride,
-            self.padding,
-            self.dilation,
-            1,
-            self.deform_groups,
-        )
+    deform_conv = staticmethod(modulated_deform_conv)
 
 
 class PCDAlignment(reference.PCDAlignment):

@@ -151,12 +151,15 @@ class ModulatedDCNPack(nn.Module):
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)
 
+    # the deformable convolution itself; a subclass (vsr_fast.models) may substitute a faster one
+    deform_conv = staticmethod(modulated_deform_conv2d)
+
     def forward(self, x, extra_feat):
         out = self.conv_offset(extra_feat)
         o1, o2, mask = torch.chunk(out, 3, dim=1)
         offset = torch.cat((o1, o2), dim=1)
         mask = torch.sigmoid(mask)
-        return modulated_deform_conv2d(
+        return self.deform_conv(
             x,
             offset,
             mask,
@@ -165,5 +168,5 @@ class ModulatedDCNPack(nn.Module):
             self.stride,
             self.padding,
             self.dilation,
-            self.deform_groups,
+            deform_groups=self.deform_groups,
         )
