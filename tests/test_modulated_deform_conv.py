@@ -529,6 +529,17 @@ def test_bad_inputs_raise_clear_errors(device, bad, message):
     with pytest.raises(RuntimeError, match="vsr_fast::modulated_deform_conv") as info:
         torch.ops.vsr_fast.modulated_deform_conv(*a.values())
     info.match(message)
+    # the fake (Meta) kernels refuse the same inputs in the same words, forward and backward
+    real = str(info.value).replace(str(device), "meta")
+    meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in a.items()}
+    with pytest.raises(RuntimeError) as fake_info:
+        torch.ops.vsr_fast.modulated_deform_conv(*meta.values())
+    assert str(fake_info.value) == real
+    grad = torch.empty(1, 8, 9, 11, dtype=meta["x"].dtype, device="meta")
+    with pytest.raises(RuntimeError) as fake_info:
+        torch.ops.vsr_fast._modulated_deform_conv_backward(grad, *meta.values(), [True] * 5)
+    backward = "vsr_fast::_modulated_deform_conv_backward"
+    assert str(fake_info.value) == real.replace("vsr_fast::modulated_deform_conv", backward)
 
 
 def test_bad_arguments_of_the_wrapper_and_the_backward(device):
@@ -539,6 +550,16 @@ def test_bad_arguments_of_the_wrapper_and_the_backward(device):
         torch.ops.vsr_fast._modulated_deform_conv_backward(
             x, x, offset, mask, weight, bias, [1, 1], [1, 1], [1, 1], 1, 2, [True] * 5
         )
+    # grad_out of the right shape but not x's dtype; and the fake kernel's words for both
+    grad = torch.zeros(1, 8, 9, 11, dtype=torch.float32, device=device)
+    for bad_grad in (x, grad):
+        args = (offset, mask, weight, bias, [1, 1], [1, 1], [1, 1], 1, 2, [True] * 5)
+        with pytest.raises(RuntimeError, match="_modulated_deform_conv_backward: expected grad_out") as info:
+            torch.ops.vsr_fast._modulated_deform_conv_backward(bad_grad, x, *args)
+        meta = [t.to("meta") if isinstance(t, torch.Tensor) else t for t in (bad_grad, x, *args)]
+        with pytest.raises(RuntimeError) as fake_info:
+            torch.ops.vsr_fast._modulated_deform_conv_backward(*meta)
+        assert str(fake_info.value) == str(info.value).replace(str(device), "meta")
 
 
 @pytest.mark.cuda
