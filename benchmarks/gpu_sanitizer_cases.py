@@ -108,8 +108,60 @@ def keyframe_fusion_cases():
     torch.cuda.synchronize()
 
 
+def modulated_deform_conv_cases():
+    """Forward and all five gradients of both CUDA kernels (im2col, col2im) in every dtype and both
+    layouts, EDVR's deform groups of 8 channels and a strided, dilated 2x3 kernel; offsets that reach
+    outside the frame. The references run on CPU, out of the sanitizer's way."""
+    g = torch.Generator().manual_seed(3)
+    configs = [  # (N, C, H, W, C_out, kernel, stride, padding, dilation, deform_groups)
+        (2, 16, 9, 11, 8, (3, 3), (1, 1), (1, 1), (1, 1), 2),
+        (1, 8, 10, 12, 5, (2, 3), (2, 1), (1, 0), (1, 2), 2),
+    ]
+    for config, dtype, layout in itertools.product(
+        configs,
+        [torch.float32, torch.float16, torch.bfloat16, torch.float64],
+        [torch.contiguous_format, torch.channels_last],
+    ):
+        n, c, h, w, c_out, (kh, kw), stride, padding, dilation, dg = config
+        ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        x = torch.rand(n, c, h, w, generator=g, dtype=torch.float64)
+        offset = torch.randn(n, 2 * dg * kh * kw, ho, wo, generator=g, dtype=torch.float64) * 3
+        mask = torch.rand(n, dg * kh * kw, ho, wo, generator=g, dtype=torch.float64)
+        weight = torch.randn(c_out, c, kh, kw, generator=g, dtype=torch.float64) / (c * kh * kw) ** 0.5
+        bias = torch.randn(c_out, generator=g, dtype=torch.float64) * 0.1
+        # float32 offsets and masks with reduced-precision x, holding dtype-representable values
+        off_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        args = [x.to(dtype), offset.to(dtype).to(off_dtype), mask.to(dtype).to(off_dtype), weight.to(dtype)]
+        args.append(bias.to(dtype))
+        leaves = [
+            t.cuda().clone(memory_format=layout if t.dim() == 4 else torch.preserve_format) for t in args
+        ]
+        leaves = [t.requires_grad_() for t in leaves]
+        out = vsr_fast.modulated_deform_conv(*leaves, stride, padding, dilation, 1, dg)
+        out.backward(torch.ones_like(out))
+        torch.cuda.synchronize()
+        dcn_args = (stride, padding, dilation, dg)
+        expected = reference.modulated_deform_conv2d(*(t.double() for t in args), *dcn_args)
+        if dtype in (torch.float32, torch.float64):
+            tol = TOLERANCE[str(dtype).removeprefix("torch.")]
+            err = (out.detach().double().cpu() - expected).abs().max().item()
+            assert err <= tol, f"modulated_deform_conv {dtype} {layout}: max error {err:.3g}"
+            truth = [t.to(torch.float64, copy=True).requires_grad_() for t in args]
+            reference.modulated_deform_conv2d(*truth, *dcn_args).backward(torch.ones_like(expected))
+            for name, a, b in zip(["x", "offset", "mask", "weight", "bias"], leaves, truth):
+                err = (a.grad.double().cpu() - b.grad).abs().max().item()
+                scale = b.grad.abs().max().item() or 1.0
+                assert err <= tol * scale, f"modulated_deform_conv grad_{name} {dtype}: error {err:.3g}"
+        else:
+            own = reference.modulated_deform_conv2d(*(t.to(dtype) for t in args), *dcn_args)
+            assert_lowp_close(out.detach(), own, expected)
+            assert all(t.grad.isfinite().all() for t in leaves), f"modulated_deform_conv {dtype} gradients"
+
+
 if __name__ == "__main__":
     flow_warp_cases()
     residual_trunk_cases()
     keyframe_fusion_cases()
+    modulated_deform_conv_cases()
     print("gpu_sanitizer_cases: all cases ran and matched the reference")
