@@ -258,7 +258,9 @@ class LongVideo:
     Segments are ``[jK, min((j+1)K, T))``. `backward_sweep` computes and spills the flows, refill
     features and backward checkpoints; after it, `segment(j, ...)` needs only its two checkpoints
     (`backward_checkpoint(j)`, `forward_checkpoint(j)`), so segments can run in any order, or in
-    several processes given the checkpoints.
+    several processes given the checkpoints: a process that did not run the sweep calls
+    `prepare_segment(j)` for the segment's flows and refill features (`vsr_fast.distributed`).
+    BasicVSR's forward checkpoints can also come from `forward_sweep`, which needs no backward state.
     """
 
     def __init__(self, model, source, segment_length, *, flow_batch=4, spill_dir=None, progress=None):
@@ -282,6 +284,8 @@ class LongVideo:
         self._checkpoints = {}
         self._first_states = None
         self._mirrored = None
+        self._swept = False
+        self._prepared = set()  # segments whose flows and refill features are spilled here
 
     # ---- inputs --------------------------------------------------------------------------------
 
@@ -352,18 +356,27 @@ class LongVideo:
                     self.progress("recompute", end - i, end - start)
         return states
 
+    def _open_spills(self):
+        if self._flows is None:
+            self._flows = _Spill(self._spill_dir)
+            self._checkpoints = {"backward": _Spill(self._spill_dir), "forward": _Spill(self._spill_dir)}
+            if self.kind == "iconvsr":
+                self._refill = _Spill(self._spill_dir)
+
+    def _zero_state(self):
+        """The model's zero state: lrs.new_zeros(n, mid_channels, h, w)."""
+        h, w = self._input(0).shape[2:]
+        return torch.zeros(1, self.model.mid_channels, h, w, dtype=self.dtype, device=self.device)
+
     @torch.no_grad()
     def backward_sweep(self):
         """Step 1: flows, refill features and backward checkpoints of the whole clip."""
-        if self._flows is not None:
-            raise RuntimeError("LongVideo.backward_sweep: already run")
-        self._flows = _Spill(self._spill_dir)
-        self._checkpoints = {"backward": _Spill(self._spill_dir), "forward": _Spill(self._spill_dir)}
-        if self.kind == "iconvsr":
-            self._refill = _Spill(self._spill_dir)
-        h, w = self._input(0).shape[2:]
-        # the model's zero state: lrs.new_zeros(n, mid_channels, h, w)
-        feat = torch.zeros(1, self.model.mid_channels, h, w, dtype=self.dtype, device=self.device)
+        if self._swept or self._prepared:
+            raise RuntimeError("LongVideo.backward_sweep: already run (or segments prepared without it)")
+        self._open_spills()
+        self._swept = True
+        self._prepared = set(range(len(self.segments)))
+        feat = self._zero_state()
         for j in range(len(self.segments) - 1, -1, -1):
             states = self._backward_segment(j, feat, compute=True)
             feat = states[0]
@@ -379,18 +392,63 @@ class LongVideo:
             return None
         return self._checkpoints["backward"].read(j, self.device)
 
+    def set_backward_checkpoint(self, j, state):
+        """Record segment j's backward checkpoint computed elsewhere (by another process's sweep)."""
+        self._open_spills()
+        self._checkpoints["backward"].write(j, state)
+
     def forward_checkpoint(self, j):
         """Forward state of the frame just before segment j (None for the first segment), as recorded
         by `set_forward_checkpoint` (which `frames` does as it goes)."""
         return None if j == 0 else self._checkpoints["forward"].read(j - 1, self.device)
 
     def set_forward_checkpoint(self, j, state):
+        self._open_spills()
         self._checkpoints["forward"].write(j - 1, state)
+
+    @torch.no_grad()
+    def prepare_segment(self, j):
+        """What `segment(j)` needs from the backward sweep besides the checkpoints, without the
+        sweep: the segment's flows and refill features, computed and spilled as the sweep does (the
+        same SPyNet batches, so the same values). For a process that is given the checkpoints and
+        emits only some segments."""
+        if j in self._prepared:
+            return
+        self._open_spills()
+        start, end = self.segments[j]
+        pairs = [(i, i + 1) for i in range(min(end, self.t - 1) - 1, start - 1, -1)]
+        for (i, _), flow in zip(pairs, self._pair_flows(pairs)):
+            self._flows.write(i, flow)
+        for i in range(end - 1, start - 1, -1):
+            self._refill_feature(i, compute=True)
+        self._prepared.add(j)
+
+    @torch.no_grad()
+    def forward_sweep(self):
+        """BasicVSR's forward checkpoints without the backward states, which its forward branch
+        does not read: one forward step per frame and the forward flows (computed per segment as
+        `segment` computes them). Independent of `backward_sweep`, so another process can run it at
+        the same time. IconVSR's forward steps read the backward features: there the checkpoints
+        come from `segment(j, ..., reconstruct=False)` in order, after the backward sweep."""
+        if self.kind != "basicvsr":
+            raise RuntimeError("LongVideo.forward_sweep: IconVSR's forward branch needs the backward states")
+        # zeros_like(backward state of frame 0) in the engine: the backward steps keep the layout of
+        # the contiguous zero state they start from
+        feat = self._zero_state()
+        for j, (start, end) in enumerate(self.segments[:-1]):
+            flows = self._forward_flows(start, end)
+            for i in range(start, end):
+                feat = self.model.forward_step(self._input(i), feat, next(flows) if i > 0 else None)
+            self.set_forward_checkpoint(j + 1, feat)
+            if self.progress is not None:
+                self.progress("forward", end, self.t)
 
     def _forward_flows(self, start, end):
         """The flows that warp frame i-1 onto frame i, for i in the segment (i >= 1), in order."""
         frames = range(max(start, 1), end)
-        if self._is_mirrored():
+        # without the sweep here, the mirror images' backward flows are not: compute the pairs, which
+        # are the same frames
+        if self._swept and self._is_mirrored():
             # frames i, i-1 are frames T-1-i, T-i, whose backward flow is spilled: the model's shortcut
             return (self._flows.read(self.t - 1 - i, self.device) for i in frames)
         return self._pair_flows([(i, i - 1) for i in frames])
@@ -404,8 +462,8 @@ class LongVideo:
         recomputed from ``backward_checkpoint`` unless j == 0 and the sweep of this object kept them.
         ``reconstruct=False`` runs the recurrences only (to compute forward checkpoints).
         """
-        if self._flows is None:
-            raise RuntimeError("LongVideo.segment: run backward_sweep() first")
+        if j not in self._prepared:
+            raise RuntimeError(f"LongVideo.segment: run backward_sweep() or prepare_segment({j}) first")
         start, end = self.segments[j]
         if j == 0 and self._first_states is not None:
             states, self._first_states = self._first_states, None
@@ -415,10 +473,7 @@ class LongVideo:
                     f"LongVideo.segment: segment {j} of {len(self.segments)}: the backward "
                     f"checkpoint is None for the last segment only"
                 )
-            feat = backward_checkpoint
-            if feat is None:
-                h, w = self._input(0).shape[2:]
-                feat = torch.zeros(1, self.model.mid_channels, h, w, dtype=self.dtype, device=self.device)
+            feat = self._zero_state() if backward_checkpoint is None else backward_checkpoint
             states = self._backward_segment(j, feat, compute=False)
         if (forward_checkpoint is None) != (j == 0):
             raise ValueError(
@@ -524,17 +579,22 @@ def _chunked(model, source, chunk, overlap):
         yield from model(clip[None])[0, start - lo : end - lo]
 
 
-def _exact(model, source, segment_length, max_memory, flow_batch, spill_dir, progress):
+def _segment_length(model, source, segment_length, max_memory):
+    if segment_length is not None:
+        return segment_length
     h, w = source[0].shape[1:]
-    if segment_length is None:
-        try:
-            segment_length = segment_length_for(
-                model, len(source), int(h), int(w), DEFAULT_MAX_MEMORY if max_memory is None else max_memory
-            )
-        except ValueError:
-            if max_memory is not None:
-                raise
-            segment_length = 1  # frames too large for the default budget: the least memory there is
+    try:
+        return segment_length_for(
+            model, len(source), int(h), int(w), DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+        )
+    except ValueError:
+        if max_memory is not None:
+            raise
+        return 1  # frames too large for the default budget: the least memory there is
+
+
+def _exact(model, source, segment_length, max_memory, flow_batch, spill_dir, progress):
+    segment_length = _segment_length(model, source, segment_length, max_memory)
     engine = LongVideo(
         model, source, segment_length, flow_batch=flow_batch, spill_dir=spill_dir, progress=progress
     )
