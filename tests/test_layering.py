@@ -8,8 +8,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vsr_fast"
 
-# Lowest first. A module may import its own layer and the ones before it. distributed is planned
-# (docs/design.md): listed so that it lands in its place.
+# Lowest first. A module may import its own layer and the ones before it.
 LAYERS = [
     {"_C", "_extension"},  # the compiled library and its loader
     {"hardware"},  # what this machine runs fast: torch only, for any layer's precision choice

@@ -1,10 +1,15 @@
 """``vsr-fast`` / ``python -m vsr_fast``: upscale a video (or image folder) x4, and the benchmark.
 
-    vsr-fast upscale INPUT OUTPUT [--model basicvsr|iconvsr] [--weights FILE|reds4|vimeo-bi|vimeo-bd]
+    vsr-fast upscale INPUT OUTPUT | INPUT... --out-dir DIR
+                     [--model basicvsr|iconvsr] [--weights FILE|reds4|vimeo-bi|vimeo-bd]
                      [--device cpu|cuda[:N]] [--dtype auto|fp32|fp16|bf16] [--max-memory SIZE]
                      [--segment-length K] [--chunk N --overlap M] [--tile S --tile-overlap P]
                      [--codec NAME] [--crf N] [--codec-option KEY=VALUE] [--no-audio] [--overwrite]
     vsr-fast bench [PYTEST ARGS]
+
+Under torchrun (``torchrun --nproc-per-node N -m vsr_fast upscale ...``) one input is split into
+segments over the ranks (exact, `vsr_fast.distributed.upscale_split`) and several are shared out
+over them; without it, one process.
 
 Errors are one line on stderr and a non-zero exit status (1; 2 for bad arguments; 130 when
 interrupted). The output is written to a hidden temporary file beside it and renamed only once
@@ -85,11 +90,20 @@ def _parser():
         "(a video file, or a folder for PNG frames). Exact and in bounded "
         "memory unless --chunk or --tile is given.",
     )
-    up.add_argument("input")
     up.add_argument(
-        "output",
-        help="video file (.mp4, .mkv, ...) or a folder (trailing / or no "
-        "extension) for frame_000001.png, ...",
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="INPUT OUTPUT: a video file or image folder, into a video file (.mp4, .mkv, ...) or a "
+        "folder (trailing / or no extension) for frame_000001.png, ...; with --out-dir, every path "
+        "is an input: a video, a folder of videos, or a folder of images (one clip)",
+    )
+    up.add_argument(
+        "--out-dir",
+        default=None,
+        metavar="DIR",
+        help="write each input to DIR under its own name; under torchrun the inputs are shared out "
+        "over the ranks, largest first",
     )
     up.add_argument("--model", choices=["basicvsr", "iconvsr"], default="basicvsr")
     up.add_argument(
@@ -333,7 +347,12 @@ def _publish(tmp, output, overwrite):
 class _Bars:
     """One tqdm bar per phase of the engine (reading, backward sweep, frames)."""
 
-    LABELS = {"read": "reading", "backward": "backward sweep", "upscale": "upscaling"}
+    LABELS = {
+        "read": "reading",
+        "backward": "backward sweep",
+        "forward": "forward sweep",
+        "upscale": "upscaling",
+    }
 
     def __init__(self, enabled, frame_count):
         self.enabled, self.frame_count = enabled, frame_count
@@ -380,14 +399,15 @@ def _peak_memory_text(device):
     return text
 
 
-def _upscale(args):
+def _check_output(input_path, output, overwrite):
+    """(temporary path, output path, as_folder) for one job, or a UserError before any work."""
     from vsr_fast import io as vio
 
-    as_folder = vio.is_image_folder(args.output)
-    if os.path.exists(args.input) and _same_path(args.input, args.output):
-        raise UserError(f"the output {args.output} is the input; choose another output path")
-    tmp, output = _temporary_output(args.output, as_folder)
-    if os.path.lexists(output) and not args.overwrite:
+    as_folder = vio.is_image_folder(output)
+    if os.path.exists(input_path) and _same_path(input_path, output):
+        raise UserError(f"the output {output} is the input; choose another output path")
+    tmp, output = _temporary_output(output, as_folder)
+    if os.path.lexists(output) and not overwrite:
         raise UserError(f"{output} exists; pass --overwrite to replace it")
     if os.path.isdir(output) != as_folder and os.path.lexists(output):
         raise UserError(
@@ -399,6 +419,10 @@ def _upscale(args):
         raise UserError(f"cannot write {output}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise UserError(f"cannot write {output}: the folder {parent} is not writable")
+    return tmp, output, as_folder
+
+
+def _check_modes(args):
     if args.chunk is None and args.overlap:
         raise UserError("--overlap needs --chunk")
     if args.tile is None and args.tile_overlap:
@@ -410,92 +434,181 @@ def _upscale(args):
             "--chunk runs the full model per chunk; --max-memory / --segment-length are for the exact engine"
         )
 
+
+def _open_reader(path):
+    from vsr_fast import io as vio
+
     try:
-        reader = vio.open_input(args.input)
+        return vio.open_input(path)
     except vio.VideoError as e:
         raise UserError(str(e)) from e
-    weights = resolve_weights(args.weights, args.model)
-    device, dtype, dtype_note = _pick_device_dtype(args.device, args.dtype)
-    model = build_model(args.model, weights).to(device=device, dtype=dtype)
-    _raise_if_signalled()
-    min_frames = getattr(model, "min_frames", 1)
+
+
+def _check_reader(args, model, path, reader):
     if args.model == "iconvsr" and min(reader.width, reader.height) < 3:
         raise UserError(
-            f"{args.input}: frames of {reader.width}x{reader.height} are too small for IconVSR (at least 3x3)"
+            f"{path}: frames of {reader.width}x{reader.height} are too small for IconVSR (at least 3x3)"
         )
+    min_frames = getattr(model, "min_frames", 1)
     if reader.frame_count is not None and reader.frame_count < min_frames:
         raise UserError(
-            f"{args.input}: {reader.frame_count} frames; IconVSR (padding {model.padding}) needs "
+            f"{path}: {reader.frame_count} frames; IconVSR (padding {model.padding}) needs "
             f"at least {min_frames}"
         )
-    approximations = ([f"chunks of {args.chunk} frames, overlap {args.overlap}"] if args.chunk else []) + (
-        [f"tiles of {args.tile} px, overlap {args.tile_overlap}"] if args.tile else []
-    )
-    mode = f"approximate ({'; '.join(approximations)})" if approximations else "exact"
-    log = (lambda *a: None) if args.quiet else (lambda msg: print(f"vsr-fast: {msg}", file=sys.stderr))
-    log(
-        f"{args.input}: {reader.width}x{reader.height}, {reader.frame_count or '?'} frames at "
-        f"{float(reader.fps):.3g} fps -> {4 * reader.width}x{4 * reader.height}; {args.model} "
-        f"({weights.name}) on {device}, {dtype_note}; {mode}"
-    )
 
+
+def _jobs(args):
+    """[(input, output)]: INPUT OUTPUT, or every INPUT (a video, a folder of videos, or a folder of
+    images, which is one clip) into --out-dir under its own name."""
+    from vsr_fast import io as vio
+
+    if args.out_dir is None:
+        if len(args.paths) != 2:
+            raise UserError(
+                f"give INPUT OUTPUT, or INPUT... --out-dir DIR for several inputs "
+                f"(got {len(args.paths)} paths)"
+            )
+        return [tuple(args.paths)]
+    if not os.path.isdir(args.out_dir):
+        raise UserError(f"--out-dir {args.out_dir}: no such folder")
+    inputs = []
+    for path in args.paths:
+        if not os.path.isdir(path):
+            inputs.append(path)  # a missing file fails as that job
+            continue
+        names = sorted(n for n in os.listdir(path) if not n.startswith("."))
+        videos = [
+            os.path.join(path, n)
+            for n in names
+            if os.path.isfile(os.path.join(path, n)) and not n.lower().endswith(vio.IMAGE_EXTENSIONS)
+        ]
+        inputs.extend(videos if videos else [path])  # a folder of images only is one clip
+    if not inputs:
+        raise UserError("no inputs")
+    jobs, seen = [], {}
+    for path in inputs:
+        name = os.path.basename(os.path.normpath(path))
+        output = os.path.join(args.out_dir, name + (os.sep if os.path.isdir(path) else ""))
+        if name in seen:
+            raise UserError(f"{seen[name]} and {path} would both be written to {output}")
+        seen[name] = path
+        jobs.append((path, output))
+    return jobs
+
+
+def _input_size(path):
+    """Bytes of a video file or of a folder's files: the queue's largest-first order."""
+    try:
+        if os.path.isdir(path):
+            return sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _engine_frames(args, model, reader, world, split, progress):
+    import vsr_fast
+    from vsr_fast import distributed
+
+    if split:
+        return distributed.upscale_split(
+            world,
+            model,
+            reader,
+            segment_length=args.segment_length,
+            max_memory=args.max_memory,
+            spill_dir=args.temp_dir,
+            progress=progress,
+            convert=_to_uint8,
+            poll=_raise_if_signalled,
+        )
+    gen = vsr_fast.upscale(
+        model,
+        reader,
+        segment_length=args.segment_length,
+        max_memory=args.max_memory,
+        chunk=args.chunk,
+        overlap=args.overlap,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        spill_dir=args.temp_dir,
+        progress=progress,
+    )
+    return (_to_uint8(frame) for frame in gen)
+
+
+def _to_uint8(frame):
     import torch
 
-    import vsr_fast
+    return frame.float().clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
-    bars = _Bars(not args.quiet, reader.frame_count)
+
+def _run_job(args, model, world, input_path, output, progress, split=False, log=None):
+    """Upscale one input into ``output`` (atomically); (frames, seconds). In a split run only rank 0
+    writes; the other ranks compute their segments."""
+    from vsr_fast import io as vio
+
+    writes = world.is_main or not split
+    tmp, output, as_folder = _check_output(input_path, output, args.overwrite)
+    reader = _open_reader(input_path)
+    _check_reader(args, model, input_path, reader)
+    if isinstance(progress, _Bars):
+        progress.frame_count = reader.frame_count
+    if log is not None:
+        approximations = (
+            [f"chunks of {args.chunk} frames, overlap {args.overlap}"] if args.chunk else []
+        ) + ([f"tiles of {args.tile} px, overlap {args.tile_overlap}"] if args.tile else [])
+        mode = f"approximate ({'; '.join(approximations)})" if approximations else "exact"
+        if split:
+            mode += f", segments over {world.world_size} ranks"
+        log(
+            f"{input_path}: {reader.width}x{reader.height}, {reader.frame_count or '?'} frames at "
+            f"{float(reader.fps):.3g} fps -> {4 * reader.width}x{4 * reader.height}; {mode}"
+        )
+        if min(reader.width, reader.height) < 64:
+            log("frames below 64x64 are smaller than the models were trained for; results may be poor")
     writer = None
     start = time.perf_counter()
     frames = 0
     try:
-        try:
-            writer = vio.open_output(
-                tmp,
-                4 * reader.width,
-                4 * reader.height,
-                like=reader,
-                codec=args.codec,
-                crf=args.crf,
-                options=dict(args.codec_option),
-                audio=not args.no_audio,
-                folder=as_folder,
-            )
-        except vio.VideoError as e:
-            raise UserError(str(e).replace(tmp, output)) from e
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # the small-input warning: said once below
-            if min(reader.width, reader.height) < 64:
-                log("frames below 64x64 are smaller than the models were trained for; results may be poor")
-            gen = vsr_fast.upscale(
-                model,
-                reader,
-                segment_length=args.segment_length,
-                max_memory=args.max_memory,
-                chunk=args.chunk,
-                overlap=args.overlap,
-                tile=args.tile,
-                tile_overlap=args.tile_overlap,
-                spill_dir=args.temp_dir,
-                progress=bars,
-            )
+        if writes:
             try:
-                for frame in gen:
+                writer = vio.open_output(
+                    tmp,
+                    4 * reader.width,
+                    4 * reader.height,
+                    like=reader,
+                    codec=args.codec,
+                    crf=args.crf,
+                    options=dict(args.codec_option),
+                    audio=not args.no_audio,
+                    folder=as_folder,
+                )
+            except vio.VideoError as e:
+                raise UserError(str(e).replace(tmp, output)) from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the small-input warning: logged above
+            gen = _engine_frames(args, model, reader, world, split, progress)
+            try:
+                for hr in gen:
                     _raise_if_signalled()
-                    hr = frame.float().clamp_(0, 1).mul_(255).round_().to(torch.uint8)
                     writer.write(hr, reader.pts[frames])
                     frames += 1
             except ValueError as e:
-                raise UserError(f"{args.input}: {_first_line(e)}") from e
+                raise UserError(f"{input_path}: {_first_line(e)}") from e
             except vio.VideoError as e:
                 raise UserError(str(e)) from e
             finally:
                 gen.close()
-        bars.close()
-        writer.close()
-        writer = None
-        _publish(tmp, output, args.overwrite)
+        if progress is not None and hasattr(progress, "close"):
+            progress.close()
+        if writer is not None:
+            writer.close()
+            writer = None
+            _publish(tmp, output, args.overwrite)
     except BaseException:
-        bars.close()
+        if progress is not None and hasattr(progress, "close"):
+            progress.close()
         if writer is not None:
             try:
                 writer.abort()
@@ -503,13 +616,129 @@ def _upscale(args):
                 pass
         _remove(tmp)
         raise
-    elapsed = time.perf_counter() - start
-    print(
-        f"vsr-fast: {frames} frames in {elapsed:.1f} s ({frames / elapsed:.2f} frames/s), "
-        f"{_peak_memory_text(device)} -> {output}",
-        file=sys.stderr,
+    return frames, time.perf_counter() - start, output
+
+
+def _upscale(args):
+    from vsr_fast import distributed
+
+    jobs = _jobs(args)
+    try:
+        launch = distributed.launch_environment()
+    except distributed.LaunchError as e:
+        raise UserError(str(e)) from e
+    main_rank = launch is None or launch.rank == 0
+    log = (
+        (lambda *a: None)
+        if args.quiet or not main_rank
+        else (lambda msg: print(f"vsr-fast: {msg}", file=sys.stderr))
     )
-    return 0
+    _check_modes(args)
+    if len(jobs) == 1 and args.out_dir is None:
+        # the single-process order: what is wrong with the paths is said before the model is loaded
+        _check_output(*jobs[0], args.overwrite)
+        _open_reader(jobs[0][0]).close()
+    weights = resolve_weights(args.weights, args.model)
+    device, dtype, dtype_note = _pick_device_dtype(args.device, args.dtype)
+    try:
+        device = distributed.rank_device(device, launch)
+    except distributed.LaunchError as e:
+        raise UserError(str(e)) from e
+    model = build_model(args.model, weights).to(device=device, dtype=dtype)
+    _raise_if_signalled()
+    world = distributed.init(device, launch)
+    ranks = f" ({world.world_size} ranks, {'nccl' if device.type == 'cuda' else 'gloo'})"
+    log(f"{args.model} ({weights.name}) on {device}, {dtype_note}{ranks if world.world_size > 1 else ''}")
+    try:
+        if len(jobs) == 1:
+            split = world.world_size > 1
+            if split and (args.chunk or args.tile):
+                raise UserError(
+                    "--chunk / --tile run in one process; one input over several ranks is the exact engine"
+                )
+            bars = _Bars(not args.quiet and world.is_main, None)
+            frames, elapsed, output = _run_job(args, model, world, *jobs[0], bars, split, log)
+            if world.is_main:
+                print(
+                    f"vsr-fast: {frames} frames in {elapsed:.1f} s ({frames / elapsed:.2f} frames/s), "
+                    f"{_peak_memory_text(device)} -> {output}",
+                    file=sys.stderr,
+                )
+            return 0
+        return _upscale_many(args, model, world, jobs, log)
+    finally:
+        world.close()
+
+
+class _QueueBar:
+    """Rank 0's one bar over all the videos of a queue, from the store's count of finished ones;
+    also the engine's progress hook on every rank (signals are acted on between steps)."""
+
+    def __init__(self, world, total, enabled):
+        self.world, self.total = world, total
+        self.bar, self.last = None, 0.0
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="videos", unit="video", dynamic_ncols=True, file=sys.stderr)
+
+    def __call__(self, phase=None, done=None, total=None):
+        _raise_if_signalled()
+        now = time.monotonic()
+        if self.bar is not None and now - self.last > 0.5:
+            self.last = now
+            self.bar.update(self.world.counter_add("done", 0) - self.bar.n)
+
+    def finished(self):
+        return self.world.counter_add("done", 0) >= self.total
+
+    def close_bar(self):
+        if self.bar is not None:
+            self.bar.update(self.world.counter_add("done", 0) - self.bar.n)
+            self.bar.close()
+
+
+def _upscale_many(args, model, world, jobs, log):
+    """Several inputs: handed out over the ranks largest first; a failed one is reported and the rest go
+    on; one summary from rank 0; exit status 1 if any failed."""
+    log(f"{len(jobs)} inputs -> {args.out_dir}")
+    bar = _QueueBar(world, len(jobs), not args.quiet and world.is_main)
+    results = []
+    start = time.perf_counter()
+    try:
+        for index, (input_path, output) in world.share_out(jobs, [_input_size(p) for p, _ in jobs]):
+            try:
+                frames, elapsed, output = _run_job(args, model, world, input_path, output, bar)
+                results.append((index, world.rank, None, frames, elapsed, output))
+            except (KeyboardInterrupt, _Terminated):
+                raise
+            except Exception as e:  # noqa: BLE001 - one video's failure; the others go on
+                message = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {_first_line(e)}"
+                print(f"vsr-fast: error: {input_path}: {message}", file=sys.stderr)
+                results.append((index, world.rank, message, 0, 0.0, output))
+            world.counter_add("done", 1)
+            bar()
+        world.wait_until(bar.finished, bar)  # interruptible, unlike waiting inside the gather
+    finally:
+        bar.close_bar()
+    gathered = sorted(r for rank_results in world.all_gather(results) for r in rank_results)
+    failed = [r for r in gathered if r[2] is not None]
+    if world.is_main:
+        for index, rank, error, frames, elapsed, output in gathered:
+            where = f" (rank {rank})" if world.world_size > 1 else ""
+            if error is None:
+                log(f"{jobs[index][0]} -> {output}: {frames} frames in {elapsed:.1f} s{where}")
+            else:
+                log(f"{jobs[index][0]}: FAILED{where}: {error}")
+        total_frames = sum(r[3] for r in gathered)
+        elapsed = time.perf_counter() - start
+        print(
+            f"vsr-fast: {len(jobs)} inputs, {len(jobs) - len(failed)} done, {len(failed)} failed; "
+            f"{total_frames} frames in {elapsed:.1f} s ({total_frames / elapsed:.2f} frames/s) over "
+            f"{world.world_size} rank{'s' if world.world_size > 1 else ''} -> {args.out_dir}",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 # ---- bench ------------------------------------------------------------------------------------------
