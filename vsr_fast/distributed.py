@@ -298,13 +298,14 @@ def _split(world, engine, convert, progress, poll, key):
     if rank == 0:
         engine.backward_sweep()
         if forward_rank == 0:
-            feat = None
+            feat, engine.progress = None, None  # one "forward" bar, not one recompute bar per segment
             for j in range(count - 1):
                 gen = engine.segment(j, engine.backward_checkpoint(j), feat, reconstruct=False)
                 feat = _drain(gen)
                 engine.set_forward_checkpoint(j + 1, feat)
                 if progress is not None:
                     progress("forward", engine.segments[j][1], engine.t)
+            engine.progress = progress
     elif rank == forward_rank:
         engine.forward_sweep()
     if rank != 0:
