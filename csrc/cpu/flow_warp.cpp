@@ -226,10 +226,8 @@ inline void backward_row_plane(const RowTaps<acc_t>& row, int64_t width, const s
       }
       continue;
     }
+    // (a NaN/inf position, t.nan_out, has no valid tap: its flow gradient stays 0)
     const PixelTaps<acc_t>& t = row.slow_taps[row.slow[ix]];
-    if (t.nan_out && dflow) {
-      dflow[2 * ix] = dflow[2 * ix + 1] = static_cast<acc_t>(NAN);
-    }
     for (int k = 0; k < t.num_taps; ++k) {
       if (!t.valid[k]) continue;
       if (gx) gx[t.offset[k]] += t.weight[k] * go;

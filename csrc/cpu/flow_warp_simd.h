@@ -235,7 +235,7 @@ __attribute__((target("avx2,fma"))) inline int64_t warp_band_nchw8_avx2(
     }
     for (const PixelTaps<float>& t : row.slow_taps) {
       for (int k = 0; k < t.num_taps; ++k) {
-        if (t.valid[k]) reach(t.offset[k] / row_stride);
+        if (t.valid[k]) reach(t.row0 + (k >> 1));
       }
     }
   }
@@ -253,6 +253,7 @@ __attribute__((target("avx2,fma"))) inline int64_t warp_band_nchw8_avx2(
     for (int64_t ix = 0; ix < width; ++ix) {
       const int64_t i = r * width + ix;
       const bool fast = row.slow[ix] < 0;
+      // the column, exactly: base = row0 * row_stride + column (unit stride along W here)
       const int64_t x0 = row.base32[ix] - static_cast<int64_t>(row.row0[ix]) * row_stride;
       // slow pixels: a harmless in-buffer read here, the exact value below
       s.offset[i] = fast ? static_cast<int32_t>(((row.row0[ix] - first) * width + x0) * 8) : 0;
@@ -264,7 +265,8 @@ __attribute__((target("avx2,fma"))) inline int64_t warp_band_nchw8_avx2(
       BandScratch::Slow e{static_cast<int32_t>(r), row.slow_pixels[j], {}, {}};
       for (int k = 0; k < 4; ++k) {
         const bool used = k < t.num_taps && t.valid[k];
-        const int64_t tap_row = t.offset[k] / row_stride, tap_col = t.offset[k] - tap_row * row_stride;
+        // from the tap's row and column, not its offset: rows of an expanded x are 0 elements apart
+        const int64_t tap_row = t.row0 + (k >> 1), tap_col = t.col0 + (k & 1);
         e.offset[k] = static_cast<int32_t>(used ? ((tap_row - first) * width + tap_col) * 8 : zero_pixel);
         e.weight[k] = used ? t.weight[k] : 0.f;
       }

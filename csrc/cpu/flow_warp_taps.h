@@ -38,20 +38,26 @@ using flow_warp_math::PixelTaps;
 // inside: 0 <= pos + floor(flow) <= size - 2 on both axes, NaN failing every comparison) and then
 // produces pixel_taps's values: base offset, frac = flow - floor(flow), dpos = 1. Every other pixel
 // is left to pixel_taps (tests/test_flow_warp.py compares the two on edge cases).
+// The tap's column and row are int32 sums, not float ones (which lose odd columns past 2^24 px):
+// floors beyond +-2^30 (NaN too) are slow pixels, so for sizes under kMaxRowTapsSize no sum overflows.
+constexpr int64_t kMaxRowTapsSize = int64_t{1} << 30;
+
 __attribute__((target("avx2,fma"))) inline void propagation_row_taps_avx2(
     const float* __restrict__ flow, int64_t flow_sw, int64_t flow_sk, int32_t width, int32_t y,
     int32_t height, int32_t stride_h, int32_t stride_w, int32_t* __restrict__ base,
     int32_t* __restrict__ row0, float* __restrict__ frac_x, float* __restrict__ frac_y,
     int32_t* __restrict__ fast) {
-  const float x_last = static_cast<float>(width - 2), y_last = static_cast<float>(height - 2);
-  const float row = static_cast<float>(y);
+  const int32_t x_last = width - 2, y_last = height - 2;
+  constexpr float kLimit = static_cast<float>(kMaxRowTapsSize);
   for (int32_t ix = 0; ix < width; ++ix) {
     const float u = flow[ix * flow_sw], v = flow[ix * flow_sw + flow_sk];
     const float u_floor = floorf(u), v_floor = floorf(v);
-    const float x0 = static_cast<float>(ix) + u_floor, y0 = row + v_floor;  // exact integers
-    const bool ok = x0 >= 0.f && x0 <= x_last && y0 >= 0.f && y0 <= y_last;
-    row0[ix] = static_cast<int32_t>(ok ? y0 : 0.f);
-    base[ix] = row0[ix] * stride_h + static_cast<int32_t>(ok ? x0 : 0.f) * stride_w;
+    const bool bounded = fabsf(u_floor) <= kLimit && fabsf(v_floor) <= kLimit;
+    const int32_t x0 = ix + static_cast<int32_t>(bounded ? u_floor : 0.f);
+    const int32_t y0 = y + static_cast<int32_t>(bounded ? v_floor : 0.f);
+    const bool ok = bounded && x0 >= 0 && x0 <= x_last && y0 >= 0 && y0 <= y_last;
+    row0[ix] = ok ? y0 : 0;
+    base[ix] = row0[ix] * stride_h + (ok ? x0 : 0) * stride_w;
     frac_x[ix] = ok ? u - u_floor : 0.f;
     frac_y[ix] = ok ? v - v_floor : 0.f;
     fast[ix] = ok ? -1 : 0;
@@ -102,7 +108,8 @@ struct RowTaps {
 #ifdef VSR_FAST_X86_SIMD
     if constexpr (kAlignCorners && !kBorderPadding && !kNearestTap && std::is_same_v<flow_t, float> &&
                   std::is_same_v<acc_t, float>) {
-      if (width > 1 && cpu_has_avx2_fma() && offsets_fit_int32(height, width, sh, sw)) {
+      if (width > 1 && width < kMaxRowTapsSize && height < kMaxRowTapsSize && cpu_has_avx2_fma() &&
+          offsets_fit_int32(height, width, sh, sw)) {
         propagation_row_taps_avx2(flow_row, flow_sw, flow_sk, static_cast<int32_t>(width),
                                   static_cast<int32_t>(y), static_cast<int32_t>(height),
                                   static_cast<int32_t>(sh), static_cast<int32_t>(sw), base32.data(),

@@ -163,8 +163,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  if (grad_flow) {
-    if (t.nan_out) dflow_x = dflow_y = static_cast<acc_t>(NAN);
+  if (grad_flow) {  // a NaN/inf position (t.nan_out) has no valid tap: its flow gradient stays 0
     flow_t* gf = grad_flow + n * gfs.s0 + y * gfs.s1 + ix * gfs.s2;
     gf[0] = static_cast<flow_t>(dflow_x);
     gf[gfs.s3] = static_cast<flow_t>(dflow_y);

@@ -63,7 +63,7 @@ struct AxisPosition {
   acc_t frac;
   acc_t dpos;
   bool usable;
-  bool nonfinite;  // NaN/inf position under zeros padding: grid_sample returns NaN there
+  bool nonfinite;  // NaN/inf flow under zeros padding: grid_sample returns NaN there
 };
 
 // NaN and +-inf give NaN here; works without isfinite overloads on either side of nvcc.
@@ -77,6 +77,8 @@ C10_HOST_DEVICE inline bool is_nonfinite(acc_t v) {
 // mmagic's: grid + flow normalised by max(size - 1, 1) and handed to grid_sample, i.e.
 //   align_corners=True : pos + flow          (a size-1 axis always samples index 0)
 //   align_corners=False: (pos + flow) * size / max(size - 1, 1) - 0.5
+// Every decision (inside or not, clipped or not, which taps) is taken on the exact integer part `lo`,
+// never on pos + flow rounded to acc_t: in float32 that sum loses the odd columns past 2^24 px.
 template <typename acc_t>
 C10_HOST_DEVICE C10_ALWAYS_INLINE AxisPosition<acc_t> axis_position(int64_t pos, acc_t flow, int64_t size,
                                                                     bool align_corners, bool border,
@@ -88,61 +90,65 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE AxisPosition<acc_t> axis_position(int64_t pos,
   a.usable = false;
   a.nonfinite = false;
 
-  acc_t coord;
-  acc_t scale;
-  if (align_corners) {
-    // size 1: grid_sample maps every normalised position to 0; multiplying by zero keeps NaN/inf
-    // flows NaN, as the reference's arithmetic does.
-    scale = size > 1 ? acc_t(1) : acc_t(0);
-    coord = size > 1 ? acc_t(pos) + flow : flow * acc_t(0);
-  } else {
-    scale = acc_t(size) / acc_t(size > 1 ? size - 1 : 1);
-    coord = (acc_t(pos) + flow) * scale - acc_t(0.5);
+  const int64_t last = size - 1;
+  // d position / d flow; zero on a size-1 axis under align_corners (grid_sample maps it to 0)
+  const acc_t scale = align_corners ? acc_t(size > 1 ? 1 : 0) : acc_t(size) / acc_t(size > 1 ? last : 1);
+  if (align_corners && size == 1) {
+    // every position maps to index 0 (weight 1, scale 0: no gradient), but NaN/inf flows stay NaN
+    // under zeros padding, as the reference's arithmetic (flow * 0) makes them
+    a.nonfinite = !border && is_nonfinite(flow);
+    a.usable = !a.nonfinite;
+    return a;
+  }
+  // A flow this large puts the position (|pos + flow| * scale, scale <= 2) beyond every tap: decided
+  // by its sign alone, and the integer maths below never sees a value it could overflow on. NaN and
+  // +-inf fail the test too.
+  const acc_t far = acc_t(2) * acc_t(size) + acc_t(4);
+  if (!(flow > -far && flow < far)) {
+    // border: clipped to the edge the flow points at, as grid_sample does (NaN to 0), no gradient
+    a.usable = border;
+    a.lo = border && flow > acc_t(0) ? last : 0;
+    a.nonfinite = !border && is_nonfinite(flow);
+    return a;
   }
 
-  bool clipped = false;
-  if (border) {
-    // Clip as grid_sample does: positions on or past an edge get no gradient. NaN clips to 0.
-    const acc_t hi = acc_t(size - 1);
-    if (!(coord > acc_t(0))) {
-      coord = acc_t(0);
-      clipped = true;
-    } else if (coord >= hi) {
-      coord = hi;
-      clipped = true;
-    }
-  }
-  // NaN-safe: also rejects NaN and +-inf, so the casts below are always in range.
-  if (!(coord > acc_t(-2) && coord < acc_t(size + 1))) {
-    a.nonfinite = is_nonfinite(coord);
-    return a;
-  }
-  a.usable = true;
-  a.dpos = clipped ? acc_t(0) : scale;
-  if (clipped || (align_corners && size == 1)) {
-    const acc_t whole = nearest ? round_even(coord) : floor_of(coord);
-    a.lo = static_cast<int64_t>(whole);
-    a.frac = nearest ? acc_t(0) : coord - whole;
-    return a;
-  }
   // Position = whole + rest with an exact integer `whole` and a small `rest`, so that the weights
   // keep the flow's own precision instead of losing log2(pos) bits to pos + flow on wide frames
-  // (the fp32 ulp at x = 1024 is 1.2e-4 px). `flow` is bounded here: coord passed the range test.
+  // (the fp32 ulp at x = 1024 is 1.2e-4 px).
   const acc_t flow_floor = floor_of(flow);
   const int64_t whole = pos + static_cast<int64_t>(flow_floor);
   const acc_t flow_frac = flow - flow_floor;  // exact
   acc_t rest = flow_frac;
   if (!align_corners) {
     // (whole + flow_frac) * size / d - 0.5 with d = max(size - 1, 1): size / d = 1 + (size - d) / d
-    const acc_t d = acc_t(size > 1 ? size - 1 : 1);
+    const acc_t d = acc_t(size > 1 ? last : 1);
     rest = acc_t(whole) * (acc_t(size) - d) / d + flow_frac * acc_t(size) / d - acc_t(0.5);
   }
   const acc_t rest_floor = floor_of(rest);
-  a.lo = whole + static_cast<int64_t>(rest_floor);
-  a.frac = rest - rest_floor;
+  int64_t lo = whole + static_cast<int64_t>(rest_floor);
+  acc_t frac = rest - rest_floor;
+  if (frac >= acc_t(1)) {  // a tiny negative rest rounded up to 1 when made positive
+    lo += 1;
+    frac = acc_t(0);
+  }
+  if (border) {
+    // grid_sample clips positions <= 0 and >= size - 1, which then get no gradient
+    const bool low = lo < 0 || (lo == 0 && frac == acc_t(0));
+    if (low || lo >= last) {
+      a.usable = true;
+      a.lo = low ? 0 : last;
+      return a;
+    }
+  } else if (lo < -1 || lo > last) {
+    return a;  // both taps outside
+  }
+  a.usable = true;
+  a.dpos = scale;
+  a.lo = lo;
+  a.frac = frac;
   if (nearest) {
-    // round half to even on whole + rest, without forming that sum
-    const bool up = a.frac > acc_t(0.5) || (a.frac == acc_t(0.5) && (a.lo & 1));
+    // round half to even on lo + frac, as grid_sample's nearest mode does
+    const bool up = frac > acc_t(0.5) || (frac == acc_t(0.5) && (lo & 1));
     a.lo += up ? 1 : 0;
     a.frac = acc_t(0);
   }
@@ -160,14 +166,16 @@ struct PixelTaps {
   acc_t dweight_dy[4];
   bool valid[4];
   int num_taps;  // 4 for bilinear, 1 for nearest
-  // A NaN/inf bilinear sampling position under zeros padding: the output (and its flow gradient)
-  // is NaN, as the reference's grid_sample gives, rather than a silent 0 (nearest gives 0 there, as
-  // the reference does). No tap is valid then.
+  // A NaN/inf bilinear sampling position under zeros padding: the output is NaN, as the reference's
+  // grid_sample gives, rather than a silent 0 (nearest gives 0 there, as the reference does). No tap
+  // is valid then, so nothing flows back: grad_x gets nothing and grad_flow is 0 at that pixel
+  // (docs/design.md, "flow_warp and non-finite flows").
   bool nan_out;
   // The factors the weights are made of, for kernels that expand them inline: weight[k] =
   // (dy ? frac_y : 1 - frac_y) * (dx ? frac_x : 1 - frac_x), and d position / d flow per axis.
   acc_t frac_x, frac_y, dpos_x, dpos_y;
-  int64_t row0;  // row of the top taps (nearest: of the tap); meaningful when a tap is valid
+  // row and column of the top-left tap (nearest: of the tap); meaningful when a tap is valid
+  int64_t row0, col0;
 
   C10_HOST_DEVICE bool all_valid() const {
     bool all = true;
@@ -201,6 +209,7 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE PixelTaps<acc_t> pixel_taps(int64_t y, int64_t
   }
   t.nan_out = !nearest && (px.nonfinite || py.nonfinite);
   t.row0 = py.lo;
+  t.col0 = px.lo;
   if (!(px.usable && py.usable)) {
     return t;
   }
@@ -243,6 +252,8 @@ namespace vsr_fast {
 // Shared by both backends so every kernel rejects the same inputs with the same words.
 inline void check_flow_warp_args(const char* op, const at::Tensor& x, const at::Tensor& flow,
                                  int64_t interpolation, int64_t padding_mode) {
+  TORCH_CHECK(x.defined() && flow.defined(), op, ": x and flow must be tensors, got ",
+              x.defined() ? "a tensor" : "None", " and ", flow.defined() ? "a tensor" : "None");
   TORCH_CHECK(x.dim() == 4, op, ": expected x [N, C, H, W], got x of shape ", x.sizes());
   TORCH_CHECK(flow.dim() == 4 && flow.size(3) == 2 && flow.size(0) == x.size(0) &&
                   flow.size(1) == x.size(2) && flow.size(2) == x.size(3),
@@ -310,6 +321,7 @@ inline void check_flow_warp_backward_args(const at::Tensor& grad_out, const at::
                                           int64_t padding_mode) {
   const char* op = "vsr_fast::_flow_warp_backward";
   check_flow_warp_args(op, x, flow, interpolation, padding_mode);
+  TORCH_CHECK(grad_out.defined(), op, ": grad_out must be a tensor, got None");
   TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": expected grad_out of x's shape ", x.sizes(), ", got ",
               grad_out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(), op,
