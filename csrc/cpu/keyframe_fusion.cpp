@@ -23,7 +23,8 @@ at::Tensor keyframe_fusion_cpu(const at::Tensor& state, const at::Tensor& refill
                      state.options().memory_format(format));
   }
   c10::impl::ExcludeDispatchKeyGuard no_autograd(c10::autograd_dispatch_keyset);
-  if (!onednn::usable(state)) {
+  // (a half without channels: oneDNN cannot describe its convolution)
+  if (!onednn::usable(state, weight.size(0)) || refill.size(1) == 0) {
     return at::convolution(at::cat({state, refill}, 1), weight, bias, onednn::kOnes, onednn::kOnes,
                            onednn::kOnes, false, {0, 0}, 1)
         .contiguous(format);

@@ -9,10 +9,12 @@
 #include <c10/util/intrusive_ptr.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace vsr_fast {
@@ -20,7 +22,17 @@ namespace onednn {
 
 inline const std::vector<int64_t> kOnes = {1, 1};
 
-// ---- weights reordered for oneDNN, cached per (weight tensor, version, input shape) -------------
+// ---- weights reordered for oneDNN, cached per (weight tensor, input shape) ----------------------
+//
+// A packed weight is handed out again only while the weight's bytes still equal the copy it was
+// packed from (a memcmp per call): sound however the weight was written. The version counter is
+// not: fused optimizers (SGD/Adam/AdamW(fused=True)) and writes through `.data` or numpy views do
+// not bump it, and inference tensors have none. benchmarks/bench_residual_trunk.py measures what the
+// cache saves (the reorders) against what the comparison costs.
+//
+// Entries die with their weight: each holds it weakly and is dropped once it is freed (checked on
+// every miss and every kPruneEvery hits), and all entries together stay under kMaxBytes (the least
+// recently used go first), so fresh weights per call do not pile up packed copies.
 
 struct PackKey {
   const c10::TensorImpl* impl;
@@ -40,67 +52,119 @@ struct PackKeyHash {
 };
 
 struct PackEntry {
-  // The weight itself is held weakly: once it is freed the entry can never match again (its address
-  // may be reused by another tensor, so the pointer alone is not an identity).
+  // Held weakly, only to notice that the weight is gone. While an entry holds it, the TensorImpl's
+  // memory (and so its address, the key) cannot be reused by another tensor.
   c10::weak_intrusive_ptr<c10::TensorImpl> source;
-  uint32_t version;
-  const void* data;
+  at::Tensor packed_from;  // dense copy of the weight slice the packed weight was made from
   at::Tensor packed;
+  size_t bytes;
+  uint64_t last_use;
 };
+
+// Whether `slice` (a weight, or a narrow(1) of one) holds exactly the bytes of the dense `copy`.
+// Bitwise on purpose: equal bytes give the same packed weight (NaN patterns included).
+inline bool same_bytes(const at::Tensor& slice, const at::Tensor& copy) {
+  if (slice.sizes() != copy.sizes() || slice.scalar_type() != copy.scalar_type()) return false;
+  const auto* a = static_cast<const char*>(slice.const_data_ptr());
+  const auto* b = static_cast<const char*>(copy.const_data_ptr());
+  const size_t elem = slice.element_size();
+  if (slice.is_contiguous()) return std::memcmp(a, b, slice.numel() * elem) == 0;
+  // an input-channel slice of a contiguous weight: one contiguous run per output channel
+  const int64_t run = slice.size(1) * slice.size(2) * slice.size(3);
+  if (slice.stride(3) == 1 && slice.stride(2) == slice.size(3) &&
+      slice.stride(1) == slice.size(2) * slice.size(3)) {
+    for (int64_t o = 0; o < slice.size(0); ++o) {
+      if (std::memcmp(a + o * slice.stride(0) * elem, b + o * run * elem, run * elem) != 0) return false;
+    }
+    return true;
+  }
+  const at::Tensor dense = slice.contiguous();
+  return std::memcmp(dense.const_data_ptr(), b, dense.numel() * elem) == 0;
+}
 
 class PackedWeights {
  public:
+  static constexpr size_t kMaxBytes = size_t{256} << 20;  // ~7 c64b30 trunks at one frame size each
+  static constexpr uint64_t kPruneEvery = 256;
+
   // `weight` reordered for inputs [n, in_count, h, w]; in_count < 0: all of its input channels,
   // else the slice [in_begin, in_begin + in_count) of them.
   at::Tensor get(const at::Tensor& weight, int64_t n, int64_t h, int64_t w, int64_t in_begin = 0,
                  int64_t in_count = -1) {
     if (in_count < 0) in_count = weight.size(1) - in_begin;
     const PackKey key{weight.unsafeGetTensorImpl(), n, h, w, in_begin, in_count};
-    const uint32_t version = weight.unsafeGetTensorImpl()->version_counter().current_version();
+    const at::Tensor slice = weight.detach().narrow(1, in_begin, in_count);
+    at::Tensor packed_from, packed;
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      if (++clock_ % kPruneEvery == 0) drop_dead();
       auto it = entries_.find(key);
       if (it != entries_.end()) {
-        const PackEntry& e = it->second;
-        auto alive = e.source.lock();
-        if (alive && alive.get() == key.impl && e.version == version && e.data == weight.data_ptr()) {
-          return e.packed;
-        }
-        entries_.erase(it);
+        it->second.last_use = clock_;
+        packed_from = it->second.packed_from;
+        packed = it->second.packed;
       }
     }
+    // compared outside the lock: other threads' calls need not wait for this one's memcmp
+    if (packed.defined() && same_bytes(slice, packed_from)) return packed;
+
+    // Packed from a private copy, so the entry describes exactly the bytes it was made from. (The
+    // reorder also misreads strided weights, found by tests/test_residual_trunk.py: the copy is dense.)
+    packed_from = slice.clone(at::MemoryFormat::Contiguous);
     static const c10::OperatorHandle& reorder =
         c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "");
-    // The reorder misreads strided weights (found by tests/test_residual_trunk.py): pack a dense
-    // copy, but keep the entry keyed to the caller's tensor.
-    std::vector<c10::IValue> stack{weight.detach().narrow(1, in_begin, in_count).contiguous(),
-                                   kOnes,
-                                   kOnes,
-                                   kOnes,
-                                   int64_t{1},
+    std::vector<c10::IValue> stack{packed_from,        kOnes, kOnes, kOnes, int64_t{1},
                                    std::vector<int64_t>{n, in_count, h, w}};
     reorder.callBoxed(&stack);
-    at::Tensor packed = stack[0].toTensor();
+    packed = stack[0].toTensor();
+    const size_t bytes = packed_from.nbytes() + packed.nbytes();
+
     std::lock_guard<std::mutex> lock(mutex_);
-    if (entries_.size() >= kMaxEntries) prune();
-    entries_.insert_or_assign(
-        key, PackEntry{c10::weak_intrusive_ptr<c10::TensorImpl>(weight.getIntrusivePtr()), version,
-                       weight.data_ptr(), packed});
+    auto it = entries_.find(key);
+    if (it != entries_.end()) {
+      bytes_ -= it->second.bytes;
+      entries_.erase(it);
+    }
+    drop_dead();
+    while (!entries_.empty() && bytes_ + bytes > kMaxBytes) drop_least_recent();
+    entries_.emplace(key, PackEntry{c10::weak_intrusive_ptr<c10::TensorImpl>(weight.getIntrusivePtr()),
+                                    packed_from, packed, bytes, clock_});
+    bytes_ += bytes;
     return packed;
   }
 
- private:
-  static constexpr size_t kMaxEntries = 1024;  // ~8 trunks of 61 convolutions at two frame sizes
+  // For tests (vsr_fast::_cpu_weight_cache_stats): entries and bytes held now.
+  std::pair<int64_t, int64_t> stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    drop_dead();
+    return {static_cast<int64_t>(entries_.size()), static_cast<int64_t>(bytes_)};
+  }
 
-  void prune() {
+ private:
+  void drop_dead() {
     for (auto it = entries_.begin(); it != entries_.end();) {
-      it = it->second.source.expired() ? entries_.erase(it) : std::next(it);
+      if (it->second.source.expired()) {
+        bytes_ -= it->second.bytes;
+        it = entries_.erase(it);
+      } else {
+        ++it;
+      }
     }
-    if (entries_.size() >= kMaxEntries) entries_.clear();
+  }
+
+  void drop_least_recent() {
+    auto oldest = entries_.begin();
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if (it->second.last_use < oldest->second.last_use) oldest = it;
+    }
+    bytes_ -= oldest->second.bytes;
+    entries_.erase(oldest);
   }
 
   std::mutex mutex_;
   std::unordered_map<PackKey, PackEntry, PackKeyHash> entries_;
+  size_t bytes_ = 0;
+  uint64_t clock_ = 0;
 };
 
 inline PackedWeights& packed_weights() {
@@ -153,14 +217,16 @@ inline void conv_add_into(const at::Tensor& acc, const at::Tensor& x, const at::
   op.callBoxed(&stack);
 }
 
-// float32 with oneDNN present, unless VSR_FAST_CPU_TRUNK=aten asks for the plain ATen path.
-inline bool usable(const at::Tensor& x) {
+// A convolution of x into out_channels channels goes through oneDNN: float32 with oneDNN present,
+// unless VSR_FAST_CPU_TRUNK=aten asks for the plain ATen path. Not without input or output
+// channels: oneDNN cannot describe those convolutions, ATen's give the bias (or an empty output).
+inline bool usable(const at::Tensor& x, int64_t out_channels) {
   static const bool disabled = [] {
     const char* v = std::getenv("VSR_FAST_CPU_TRUNK");
     return v != nullptr && std::string(v) == "aten";
   }();
-  return !disabled && x.scalar_type() == at::kFloat && at::hasMKLDNN() &&
-         at::globalContext().userEnabledMkldnn();
+  return !disabled && x.scalar_type() == at::kFloat && x.size(1) > 0 && out_channels > 0 &&
+         at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
 }
 
 }  // namespace onednn

@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <vector>
 
 #include "cpu_kernels.h"
 #include "onednn_conv.h"
@@ -74,10 +75,22 @@ at::Tensor residual_trunk_cpu(const at::Tensor& x, at::TensorList weights, at::T
 at::Tensor residual_trunk_cpu_nhwc(const at::Tensor& input_nhwc, at::TensorList weights,
                                    at::TensorList biases) {
   // Weights and biases may be non-contiguous views; oneDNN's reorder and ATen both accept that.
-  return onednn::usable(input_nhwc) ? trunk_onednn(input_nhwc, weights, biases)
-                                    : trunk_aten(input_nhwc, weights, biases);
+  return onednn::usable(input_nhwc, weights[0].size(0)) ? trunk_onednn(input_nhwc, weights, biases)
+                                                        : trunk_aten(input_nhwc, weights, biases);
 }
 
+namespace {
+
+std::vector<int64_t> cpu_weight_cache_stats() {
+  const auto [entries, bytes] = onednn::packed_weights().stats();
+  return {entries, bytes};
+}
+
+}  // namespace
 }  // namespace vsr_fast
 
 TORCH_LIBRARY_IMPL(vsr_fast, CPU, m) { m.impl("residual_trunk", &vsr_fast::residual_trunk_cpu); }
+// no tensor arguments: one kernel for every dispatch key
+TORCH_LIBRARY_IMPL(vsr_fast, CompositeImplicitAutograd, m) {
+  m.impl("_cpu_weight_cache_stats", &vsr_fast::cpu_weight_cache_stats);
+}

@@ -2,6 +2,7 @@
 // over the state half of the weight plus an in-place-added convolution over the refill half, so the
 // 2C-channel concatenation is never formed. cuDNN through ATen; no custom kernel to verify.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -31,6 +32,8 @@ at::Tensor keyframe_fusion_cuda(const at::Tensor& state, const at::Tensor& refil
     return at::convolution(x.contiguous(at::MemoryFormat::ChannelsLast), w, b, ones, ones, ones, false,
                            {0, 0}, 1);
   };
+  // a half without channels: a convolution over nothing, which ATen answers with the wrong shape
+  if (cs == 0 || refill.size(1) == 0) return conv(at::cat({state, refill}, 1), weight, bias).contiguous(format);
   at::Tensor out = conv(state, weight.narrow(1, 0, cs), bias);
   out.add_(conv(refill, weight.narrow(1, cs, refill.size(1)), std::nullopt));
   return out.contiguous(format);

@@ -19,11 +19,13 @@ inline int64_t check_propagation_step_args(const at::Tensor& lr, const std::opti
                                            const std::optional<at::Tensor>& flow, at::TensorList weights,
                                            at::TensorList biases) {
   const char* op = "vsr_fast::propagation_step";
+  TORCH_CHECK(lr.defined(), op, ": lr must be a tensor, got None");
   TORCH_CHECK(lr.dim() == 4, op, ": expected lr [N, C_lr, H, W], got ", lr.sizes());
   TORCH_CHECK(at::isFloatingType(lr.scalar_type()), op, ": expected a floating dtype, got ",
               lr.scalar_type());
-  TORCH_CHECK(!weights.empty() && weights[0].dim() == 4, op, ": expected weights[0] [C, C_in, 3, 3], got ",
-              weights.empty() ? 0 : weights[0].dim(), "-d");
+  TORCH_CHECK(!weights.empty() && weights[0].defined() && weights[0].dim() == 4, op,
+              ": expected weights[0] [C, C_in, 3, 3], got ",
+              weights.empty() || !weights[0].defined() ? 0 : weights[0].dim(), "-d");
   const int64_t c = weights[0].size(0);
   auto check_image = [&](const at::Tensor& t, const char* name) {
     TORCH_CHECK(t.dim() == 4 && t.size(0) == lr.size(0) && t.size(2) == lr.size(2) && t.size(3) == lr.size(3),
