@@ -2,6 +2,8 @@
 
 import torch
 
+from ._checks import check_flow_warp_args, check_flow_warp_backward_args, require_tensor
+
 __all__ = ["flow_warp"]
 
 # The op schema's integers for the modes (csrc/include/vsr_fast/flow_warp.h: Interpolation, Padding).
@@ -9,10 +11,13 @@ INTERPOLATION = {"bilinear": 0, "nearest": 1}
 PADDING_MODE = {"zeros": 0, "border": 1}
 
 
+_OP = "vsr_fast::flow_warp"
+
+
 def _mode(name, value, table):
     if isinstance(value, str) and value in table:
         return table[value]
-    raise ValueError(f"vsr_fast::flow_warp: unknown {name} {value!r}; expected one of {sorted(table)}")
+    raise ValueError(f"{_OP}: unknown {name} {value!r}; expected one of {sorted(table)}")
 
 
 def flow_warp(x, flow, interpolation="bilinear", padding_mode="zeros", align_corners=True):
@@ -28,31 +33,32 @@ def flow_warp(x, flow, interpolation="bilinear", padding_mode="zeros", align_cor
         align_corners: as mmagic's ``flow_warp`` (True in BasicVSR/IconVSR/SPyNet).
 
     Coordinates are always computed in float32 (float64 for float64 x), unlike the official code
-    whose fp16 grid is off by up to 0.25 px on wide frames. Differentiable in x and flow (first order).
+    whose fp16 grid is off by up to 0.25 px on wide frames. Differentiable in x and flow (first order);
+    at a pixel whose sampling position is NaN/inf (bilinear, zeros padding: the output is NaN there)
+    the flow gradient is 0 (docs/design.md, "flow_warp and non-finite flows").
     """
+    require_tensor(_OP, "x", x)
+    require_tensor(_OP, "flow", flow)
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"{_OP}: align_corners must be True or False, got {align_corners!r}")
     return torch.ops.vsr_fast.flow_warp(
         x,
         flow,
         _mode("interpolation", interpolation, INTERPOLATION),
         _mode("padding_mode", padding_mode, PADDING_MODE),
-        bool(align_corners),
+        align_corners,
     )
 
 
 @torch.library.register_fake("vsr_fast::flow_warp")
 def _flow_warp_fake(x, flow, interpolation, padding_mode, align_corners):
-    torch._check(
-        x.dim() == 4 and flow.dim() == 4,
-        lambda: (
-            f"vsr_fast::flow_warp: expected x [N, C, H, W] and flow [N, H, W, 2], "
-            f"got {list(x.shape)} and {list(flow.shape)}"
-        ),
-    )
+    check_flow_warp_args(_OP, x, flow, interpolation, padding_mode)
     return torch.empty_like(x)
 
 
 @torch.library.register_fake("vsr_fast::_flow_warp_backward")
 def _flow_warp_backward_fake(grad_out, x, flow, interpolation, padding_mode, align_corners, output_mask):
+    check_flow_warp_backward_args(grad_out, x, flow, interpolation, padding_mode)
     grad_x = torch.empty_like(x) if output_mask[0] else x.new_empty(0)
     grad_flow = torch.empty_like(flow) if output_mask[1] else flow.new_empty(0)
     return grad_x, grad_flow

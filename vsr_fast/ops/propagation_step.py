@@ -13,6 +13,7 @@ import functools
 import torch
 
 from .. import reference
+from ._checks import check_propagation_step_args, require_tensor, require_tensors
 from ._recompute import recompute_backward, setup_recompute
 from .flow_warp import flow_warp
 from .residual_trunk import output_like
@@ -23,12 +24,23 @@ __all__ = ["propagation_step"]
 def propagation_step(lr, feature, state, flow, weights, biases):
     """trunk(cat[lr, feature, flow_warp(state, flow)]) in one op. feature may be None (BasicVSR);
     state None means a zero state (first frame); flow None means no warp."""
-    return torch.ops.vsr_fast.propagation_step(lr, feature, state, flow, list(weights), list(biases))
+    op = "vsr_fast::propagation_step"
+    require_tensor(op, "lr", lr)
+    for name, value in (("feature", feature), ("state", state), ("flow", flow)):
+        require_tensor(op, name, value, optional=True)
+    return torch.ops.vsr_fast.propagation_step(
+        lr,
+        feature,
+        state,
+        flow,
+        require_tensors(op, "weights", weights),
+        require_tensors(op, "biases", biases),
+    )
 
 
 @torch.library.register_fake("vsr_fast::propagation_step")
 def _propagation_step_fake(lr, feature, state, flow, weights, biases):
-    return output_like(lr, weights[0].shape[0])
+    return output_like(lr, check_propagation_step_args(lr, feature, state, flow, weights, biases))
 
 
 _step_with_fast_warp = functools.partial(reference.propagation_step, warp=flow_warp)

@@ -9,6 +9,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from .. import reference
+from ._checks import check_residual_trunk_args, require_tensor, require_tensors
 from ._recompute import recompute_backward, setup_recompute
 
 __all__ = ["residual_trunk", "trunk_parameters"]
@@ -27,7 +28,11 @@ def trunk_parameters(trunk):
 def residual_trunk(x, weights, biases):
     """conv3x3 + LeakyReLU(0.1), then ResidualBlockNoBN (conv3x3-ReLU-conv3x3 + identity) per pair of
     weights. weights/biases: [input conv, block0.conv1, block0.conv2, block1.conv1, ...]."""
-    return torch.ops.vsr_fast.residual_trunk(x, list(weights), list(biases))
+    op = "vsr_fast::residual_trunk"
+    require_tensor(op, "x", x)
+    return torch.ops.vsr_fast.residual_trunk(
+        x, require_tensors(op, "weights", weights), require_tensors(op, "biases", biases)
+    )
 
 
 def output_like(x, channels):
@@ -41,6 +46,7 @@ def output_like(x, channels):
 
 @torch.library.register_fake("vsr_fast::residual_trunk")
 def _residual_trunk_fake(x, weights, biases):
+    check_residual_trunk_args(x, weights, biases)
     return output_like(x, weights[0].shape[0])
 
 
