@@ -26,6 +26,7 @@ it was. Nothing is ever downloaded.
 """
 
 import os
+import pickle
 import re
 from collections import OrderedDict
 from typing import NamedTuple, Optional
@@ -241,8 +242,12 @@ def read_checkpoint(path):
             f"vsr_fast.checkpoint: {path!r} is a URL; vsr_fast never downloads anything. Download the "
             f"file yourself and pass its local path."
         )
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"vsr_fast.checkpoint: {path!r} is a directory, not a checkpoint file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"vsr_fast.checkpoint: no such checkpoint file: {path!r}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"vsr_fast.checkpoint: {path!r} is empty (0 bytes), not a checkpoint")
     if path.endswith(".safetensors"):
         try:
             from safetensors.torch import load_file
@@ -251,15 +256,35 @@ def read_checkpoint(path):
                 f"vsr_fast.checkpoint: {path!r} is a .safetensors file but the "
                 f"safetensors package is not installed (pip install safetensors)"
             ) from e
-        return load_file(path, device="cpu")
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:  # noqa: BLE001 - SafetensorError and friends, re-raised with the path
+            raise CheckpointError(
+                f"vsr_fast.checkpoint: cannot read {path!r} as a safetensors file: {_reason(e)}"
+            ) from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the reason and what to do
+        # torch's own message suggests weights_only=False for any unpickling failure, also of a
+        # damaged file; only a refused global means the file really holds other objects
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            hint = (
+                " The file holds objects other than tensors (e.g. an mmagic runner checkpoint with config "
+                "objects in 'meta'): if you trust it, load it yourself with weights_only=False and pass "
+                "the dict."
+            )
+        else:
+            hint = " It is not a checkpoint torch.load can read, or it is damaged (truncated?)."
         raise CheckpointError(
-            f"vsr_fast.checkpoint: cannot read {path!r} with torch.load(weights_only=True): {e}. If the "
-            f"file holds non-tensor objects (e.g. an mmagic runner checkpoint with config objects in "
-            f"'meta') and you trust it, load it yourself with weights_only=False and pass the dict."
+            f"vsr_fast.checkpoint: cannot read {path!r} with torch.load(weights_only=True): "
+            f"{_reason(e).rstrip('.')}.{hint}"
         ) from e
+
+
+def _reason(exc):
+    """An exception's message, or its type when it has none (torch.load of an empty stream)."""
+    message = str(exc).strip()
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _strip_prefix(sd, prefix):
@@ -285,6 +310,7 @@ def _unwrap(obj, key, container):
         container = "mmagic_runner"
     else:
         inner = obj
+    _check_keys(inner)
     inner = OrderedDict(inner)
     # DDP wrapper prefix, as mmcv strips it
     if inner and all(k.startswith("module.") for k in inner):
@@ -315,7 +341,17 @@ def _choose(options, wanted, default, what):
     return default if default in options else options[0]
 
 
+def _check_keys(sd):
+    bad = [k for k in sd if not isinstance(k, str)]
+    if bad:
+        raise CheckpointError(
+            f"vsr_fast.checkpoint: state-dict keys must be strings, got {len(bad)} that are not: "
+            + ", ".join(repr(k) for k in bad[:_MAX_LISTED])
+        )
+
+
 def _as_tensors(sd):
+    _check_keys(sd)
     bad = [k for k, v in sd.items() if not torch.is_tensor(v)]
     if bad:
         raise CheckpointError(f"vsr_fast.checkpoint: entries that are not tensors: {_listing(bad)}")
