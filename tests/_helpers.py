@@ -129,3 +129,88 @@ def assert_layout_like_fake(out, like):
 def fused_capable():
     """Whether this GPU can run the fused residual-block kernel (sm_80+)."""
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+# ---- fake kernels against real ones ---------------------------------------------------------------
+
+
+def _map_tensors(value, fn):
+    if torch.is_tensor(value):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    return value
+
+
+def _first_line(exc):
+    return " ".join(str(exc).split("\n")[0].split())
+
+
+def assert_fake_raises_like_real(call, *args):
+    """`call(*args)` raises RuntimeError on the real tensors; the fake kernel, run on fake copies of
+    the same arguments (as torch.compile and the meta device run it), must raise the same message:
+    vsr_fast/ops/_checks.py mirrors the C++ checks word for word. Returns the message."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    try:
+        call(*args)
+    except RuntimeError as exc:
+        real = _first_line(exc)
+    else:
+        raise AssertionError("the real kernel accepted the arguments")
+    with FakeTensorMode() as mode:
+        fakes = _map_tensors(args, mode.from_tensor)
+        try:
+            call(*fakes)
+        except RuntimeError as exc:
+            fake = _first_line(exc)
+        else:
+            raise AssertionError(f"the fake kernel accepted what the real one refused: {real}")
+    assert fake == real, f"fake kernel: {fake!r}\nreal kernel: {real!r}"
+    return real
+
+
+def assert_mixed_meta_refused(op, call, *args):
+    """With any one tensor argument on the meta device and the rest on CPU, the dispatcher picks the
+    Meta key and runs the fake kernel, which must refuse the mix (naming the op and the devices)
+    instead of returning an uninitialised CPU tensor."""
+    import pytest
+
+    flat = []
+    _map_tensors(args, flat.append)
+    for target in range(len(flat)):
+        seen = iter(range(len(flat)))
+
+        def move(t, target=target, seen=seen):
+            return t.to("meta") if next(seen) == target else t
+
+        with pytest.raises(RuntimeError, match=rf"{op}.*(device|meta)") as info:
+            call(*_map_tensors(args, move))
+        assert "meta" in str(info.value), str(info.value)
+
+
+def run_python(code, timeout=600):
+    """Runs `code` in a fresh interpreter that imports the very vsr_fast this process imported
+    (installed, or built in place) and these helpers, from a neutral directory (python -c would put
+    the current one, maybe a source tree without the compiled library, first on sys.path). For cases
+    that may crash the process (SIGFPE, SIGSEGV): returns the CompletedProcess, whose negative
+    returncode names the signal."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import vsr_fast
+
+    env = dict(os.environ)
+    roots = [str(Path(vsr_fast.__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+    env["PYTHONPATH"] = os.pathsep.join(roots + [p for p in [env.get("PYTHONPATH")] if p])
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=tempfile.gettempdir(),
+    )

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import textwrap
 
 import pytest
 import torch
@@ -15,9 +16,12 @@ from _helpers import (
     TOLERANCE,
     assert_close,
     assert_close_scaled,
+    assert_fake_raises_like_real,
     assert_gradcheck,
     assert_lowp_close,
+    assert_mixed_meta_refused,
     poisoned_allocations,
+    run_python,
 )
 
 MODES = list(itertools.product(["bilinear", "nearest"], ["zeros", "border"], [True, False]))
@@ -387,6 +391,42 @@ def test_bad_inputs_raise_clear_errors(device, bad, message):
     with pytest.raises(RuntimeError, match="vsr_fast::flow_warp") as info:
         vsr_fast.flow_warp(x, flow)
     info.match(message)
+    # the fake kernel (torch.compile, the meta device) refuses the same inputs with the same words
+    assert_fake_raises_like_real(vsr_fast.flow_warp, x, flow)
+
+
+def test_mixed_meta_and_cpu_inputs_are_refused():
+    """Regression: with one meta input the Meta key won and the fake kernel returned a CPU tensor of
+    uninitialised memory; now the fake kernels check devices (and dtypes and shapes) as the real ones."""
+    x, flow = make_inputs((1, 4, 8, 8), "cpu", torch.float32)
+    assert_mixed_meta_refused("vsr_fast::flow_warp", vsr_fast.flow_warp, x, flow)
+    grad = torch.randn_like(x)
+    assert_mixed_meta_refused(
+        "vsr_fast::_flow_warp_backward",
+        lambda g, a, f: torch.ops.vsr_fast._flow_warp_backward(g, a, f, BILINEAR, ZEROS, True, [True, True]),
+        grad,
+        x,
+        flow,
+    )
+    # the backward's own checks, fake against real
+    assert_fake_raises_like_real(
+        lambda g, a, f: torch.ops.vsr_fast._flow_warp_backward(g, a, f, BILINEAR, ZEROS, True, [True, True]),
+        grad[:, :1],
+        x,
+        flow,
+    )
+
+
+def test_non_tensor_arguments_and_modes_name_the_op():
+    """Regression: flow_warp(None, f) said "tensor does not have a device", align_corners="no" was True."""
+    x, flow = make_inputs((1, 2, 3, 4), "cpu", torch.float32)
+    with pytest.raises(TypeError, match=r"vsr_fast::flow_warp: x must be a tensor, got None"):
+        vsr_fast.flow_warp(None, flow)
+    with pytest.raises(TypeError, match=r"vsr_fast::flow_warp: flow must be a tensor, got list"):
+        vsr_fast.flow_warp(x, [[0.0, 0.0]])
+    for bad in ("no", 1, None):
+        with pytest.raises(TypeError, match=r"vsr_fast::flow_warp: align_corners must be True or False"):
+            vsr_fast.flow_warp(x, flow, align_corners=bad)
 
 
 def test_bad_modes_raise_clear_errors(device):
@@ -460,3 +500,125 @@ def test_channel_blocks_with_edges_nan_flows_and_inf_pixels(device, shape):
     for modes in [("bilinear", "zeros", True), ("bilinear", "border", True), ("bilinear", "zeros", False)]:
         out = vsr_fast.flow_warp(x, flow, *modes)
         assert_close(out, ref64(x, flow, *modes), "float32", equal_nan=True)
+
+
+# ---- regressions of issue 8 -------------------------------------------------------------------------
+
+# Run in a subprocess: the crash it guards against (SIGFPE) would otherwise kill pytest itself.
+_BROADCAST_SCRIPT = textwrap.dedent(
+    """
+    import itertools, torch, vsr_fast
+    from vsr_fast import reference
+
+    # the reproducer of issue 8, as filed
+    x = torch.randn(1, 1, 1, 2).expand(1, 1, 2, 2)
+    out = vsr_fast.flow_warp(x, torch.zeros(1, 2, 2, 2))
+    assert torch.equal(out, x), out
+    g = torch.Generator().manual_seed(0)
+    MODES = list(itertools.product(("bilinear", "nearest"), ("zeros", "border"), (True, False)))
+    SUBSETS = [d for k in (1, 2, 3, 4) for d in itertools.combinations(range(4), k)]
+    cases = 0
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        flow_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        atol = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
+        for c in (1, 9, 16):  # fewer than one block of 8 channels, a partial one, whole ones
+            base = torch.rand(2, c, 5, 7, generator=g, dtype=torch.float64)
+            random_flow = (torch.randn(2, 5, 7, 2, generator=g, dtype=torch.float64) * 2).to(flow_dtype)
+            for dims in SUBSETS:  # stride 0 along every subset of the dimensions
+                narrowed = base
+                for d in dims:
+                    narrowed = narrowed.narrow(d, 0, 1)
+                xs = narrowed.to(dtype).expand(base.shape)
+                for modes in MODES:
+                    for flow in (random_flow, torch.zeros_like(random_flow)):
+                        out = vsr_fast.flow_warp(xs, flow, *modes)
+                        ref = reference.flow_warp(xs.double(), flow.double(), *modes)
+                        err = (out.double() - ref).abs().max().item()
+                        assert err < atol, (dtype, c, dims, modes, err)
+                        cases += 1
+            # torch.broadcast_to of a lower-rank tensor (one row for every image and row)
+            xs = torch.broadcast_to(base[0, :, :1, :].to(dtype), base.shape)
+            err = (vsr_fast.flow_warp(xs, random_flow).double() - reference.flow_warp(
+                xs.double(), random_flow.double())).abs().max().item()
+            assert err < atol, (dtype, c, "broadcast_to", err)
+    print("OK", cases)
+    """
+)
+
+
+def test_x_with_zero_strides_never_crashes():
+    """Regression: a float32 x broadcast along H (row stride 0) made the AVX2 band path divide by
+    the row stride: SIGFPE, in every mode, even with zero flow. Here: the filed reproducer, then a
+    stride of 0 along every subset of x's dimensions, every dtype and mode, few and many channels,
+    each against the reference, in a subprocess so that a crash fails this test."""
+    proc = run_python(_BROADCAST_SCRIPT)
+    assert proc.returncode == 0 and "OK" in proc.stdout, (
+        f"exit status {proc.returncode} (negative: killed by that signal)\n"
+        f"{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    )
+
+
+WIDE = (1 << 24) + 6  # past 2^24, where float32 no longer holds every integer
+
+
+@pytest.mark.parametrize("axis", ["width", "height"])
+@pytest.mark.parametrize("align_corners", [True, False], ids=["align_corners", "no_align_corners"])
+def test_frames_wider_than_2_24_pixels(axis, align_corners):
+    """Regression: for float32 frames wider (or taller) than 2^24 px, positions were formed as
+    column index + flow in float, so odd columns at or past 2^24 read their neighbour (the AVX2 row
+    taps: bilinear, zeros, align_corners=True, two or more rows) or lost the fraction (the generic
+    path). Oracles that need no reference run over 16 M pixels: a flow of 0 gives x back (align_corners)
+    and +0.5 the mean of the two neighbours; without align_corners the position
+    pos * size / (size - 1) - 0.5 is formed exactly in float64 here."""
+    padding = "zeros" if align_corners else "border"
+    src = torch.arange(WIDE, dtype=torch.float64).remainder(1009).div(1009).float()  # distinct neighbours
+    if axis == "width":
+        x = src.view(1, 1, 1, WIDE).expand(1, 1, 2, WIDE).contiguous()
+    else:
+        x = src.view(1, 1, WIDE, 1).expand(1, 1, WIDE, 2).contiguous()
+    src = src.double()
+    tail = slice(WIDE - 64, WIDE)  # the columns (rows) past 2^24
+    pos = torch.arange(WIDE - 64, WIDE, dtype=torch.float64)
+    for shift in (0.0, 0.5):
+        step = torch.zeros(2)
+        step[0 if axis == "width" else 1] = shift
+        flow = step.view(1, 1, 1, 2).expand(1, x.size(2), x.size(3), 2)
+        out = vsr_fast.flow_warp(x, flow, "bilinear", padding, align_corners)
+        line = (out[0, 0, 0] if axis == "width" else out[0, 0, :, 0])[tail].double()
+        p = pos + shift
+        if not align_corners:
+            p = p * WIDE / (WIDE - 1) - 0.5
+        if padding == "border":
+            p = p.clamp(max=WIDE - 1)
+        lo = p.floor().long()
+        hi = (lo + 1).clamp(max=WIDE - 1)
+        frac = p - p.floor()
+        right = torch.where(lo + 1 < WIDE, src[hi], 0.0 if padding == "zeros" else src[-1])
+        expect = src[lo] * (1 - frac) + right * frac
+        torch.testing.assert_close(line, expect, atol=TOLERANCE["float32"], rtol=0, msg=f"{axis} +{shift}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_flow_gradient_at_non_finite_positions_is_grid_samples_zero(dtype, value):
+    """Policy (docs/design.md, "flow_warp and non-finite flows"): at a NaN/inf sampling position
+    (bilinear, zeros padding) the output is NaN, as grid_sample's, no tap is read, and both flow
+    gradients there are 0 (they were NaN). grid_sample's own backward gives 0 along the non-finite
+    axis and NaN along the other (an artefact of its NaN weights), so there the reference is not the
+    oracle; every other pixel's gradients match it."""
+    x, flow = make_inputs((2, 3, 6, 9), "cpu", dtype, seed=5)
+    flow[0, 1, 2, 0] = value
+    flow[1, 4, 7, 1] = value
+    flow[1, 0, 0] = value
+    g = torch.randn_like(x)
+    grads = []
+    for fn in (vsr_fast.flow_warp, reference.flow_warp):
+        xr, fr = x.clone().requires_grad_(), flow.clone().requires_grad_()
+        fn(xr, fr, "bilinear", "zeros", True).backward(g)
+        grads.append((xr.grad, fr.grad))
+    (gx, gf), (rgx, rgf) = grads
+    bad = ~flow.isfinite().all(-1)
+    assert torch.equal(gf[bad], torch.zeros_like(gf[bad])), gf[bad]
+    assert not gf.isnan().any() and not gx.isnan().any()
+    assert_close_scaled(gx, rgx, tolerance_of(dtype))
+    assert_close_scaled(gf[~bad], rgf[~bad], tolerance_of(dtype))

@@ -119,13 +119,19 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE AxisPosition<acc_t> axis_position(int64_t pos,
   const int64_t whole = pos + static_cast<int64_t>(flow_floor);
   const acc_t flow_frac = flow - flow_floor;  // exact
   acc_t rest = flow_frac;
+  int64_t integral = whole;
   if (!align_corners) {
-    // (whole + flow_frac) * size / d - 0.5 with d = max(size - 1, 1): size / d = 1 + (size - d) / d
-    const acc_t d = acc_t(size > 1 ? last : 1);
-    rest = acc_t(whole) * (acc_t(size) - d) / d + flow_frac * acc_t(size) / d - acc_t(0.5);
+    // (whole + flow_frac) * size / d - 0.5 with d = max(size - 1, 1), size / d = 1 + (size - d) / d,
+    // and whole * (size - d) = q * d + r split in integers: no float ever holds a number of the
+    // frame's size (float32 rounds size - d to 0 or 2 past 2^24: a tap one pixel off).
+    const int64_t d = size > 1 ? last : 1;
+    const int64_t m = whole * (size - d);
+    const int64_t q = m >= 0 ? m / d : -((d - 1 - m) / d);  // floor division
+    integral += q;
+    rest = acc_t(m - q * d) / acc_t(d) + flow_frac * acc_t(size) / acc_t(d) - acc_t(0.5);
   }
   const acc_t rest_floor = floor_of(rest);
-  int64_t lo = whole + static_cast<int64_t>(rest_floor);
+  int64_t lo = integral + static_cast<int64_t>(rest_floor);
   acc_t frac = rest - rest_floor;
   if (frac >= acc_t(1)) {  // a tiny negative rest rounded up to 1 when made positive
     lo += 1;
