@@ -42,7 +42,8 @@ TORCH_LIBRARY(vsr_fast, m) {
   m.def("_cuda_version() -> int", &vsr_fast::cuda_version);
   m.def("_compiled_torch_version() -> str", &vsr_fast::compiled_torch_version);
   m.def("_compiled_cuda_archs() -> str", &vsr_fast::compiled_cuda_archs);
-  // [entries, bytes] held by the CPU kernels' cache of oneDNN-reordered weights (csrc/cpu/onednn_conv.h)
+  // [entries, bytes, byte bound] of the CPU kernels' cache of oneDNN-reordered weights
+  // (csrc/cpu/onednn_conv.h)
   m.def("_cpu_weight_cache_stats() -> int[]");
 
   // interpolation: 0 bilinear, 1 nearest; padding_mode: 0 zeros, 1 border. flow is [N, H, W, 2] in

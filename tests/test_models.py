@@ -131,3 +131,85 @@ def test_fast_edvr_outputs_and_gradients_match_the_reference():
     assert grads[0].keys() == grads[1].keys() and any("conv_offset" in k for k in grads[0])
     for k in grads[0]:
         assert_close_scaled(grads[0][k], grads[1][k], "float32_chain", msg=k)
+
+
+# ---- regressions of issue 8 ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True),
+        lambda p: torch.optim.Adam(p, lr=1e-2, fused=True),
+        lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9, fused=True),
+    ],
+    ids=["adamw_fused", "adam_fused", "sgd_fused"],
+)
+def test_training_with_a_fused_optimizer_runs_on_the_current_weights(make_optimizer):
+    """Regression: fused optimizers do not bump version counters, and the CPU weight cache keyed on
+    them, so after the first step the fast model ran on stale weights (3 steps of fused AdamW: loss
+    0.29187 against the reference's 0.28838). At every step of a training run the fast model's output
+    must be the float64 reference model's on the very weights the optimizer just wrote (comparing
+    two optimizer runs instead would mostly measure Adam's amplification of float32 rounding)."""
+    fast, ref = pair(vsr_fast.BasicVSR, reference.BasicVSR, mid_channels=8, num_blocks=1)
+    fast.train()
+    ref.double().eval()
+    g = torch.Generator().manual_seed(4)
+    lrs = torch.rand(1, 3, 3, 16, 20, generator=g)
+    target = torch.rand(1, 3, 3, 64, 80, generator=g)
+    optimizer = make_optimizer(fast.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(3):
+            optimizer.zero_grad()
+            out = fast(lrs)
+            ref.load_state_dict(fast.state_dict())
+            with torch.no_grad():
+                assert_close_scaled(out.detach(), ref(lrs.double()), "float32_chain")
+            torch.sqrt((out - target) ** 2 + 1e-12).mean().backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "fast_cls, ref_cls, kwargs",
+    [
+        (vsr_fast.BasicVSR, reference.BasicVSR, dict(mid_channels=8, num_blocks=1)),
+        (vsr_fast.IconVSR, reference.IconVSR, dict(mid_channels=8, num_blocks=1, padding=2)),
+    ],
+)
+def test_models_created_in_inference_mode(fast_cls, ref_cls, kwargs):
+    """Regression: a model built and run inside torch.inference_mode() failed every float32 CPU call
+    with "Inference tensors do not track version counter" (which named no op)."""
+    torch.manual_seed(0)
+    state = ref_cls(**kwargs).state_dict()
+    lrs = torch.rand(1, 5, 3, 12, 16)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fast = fast_cls(**kwargs).eval()
+        fast.load_state_dict(state)
+        ref = ref_cls(**kwargs).eval()
+        ref.load_state_dict(state)
+        out = fast(lrs)
+        assert_close_scaled(out, ref(lrs), "float32_chain")
+        # weights rewritten in inference mode are seen (no version counter to tell)
+        for p, q in zip(fast.parameters(), ref.parameters()):
+            p.mul_(0.9)
+            q.mul_(0.9)
+        assert_close_scaled(fast(lrs), ref(lrs), "float32_chain")
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (vsr_fast.BasicVSR, dict(mid_channels=8, num_blocks=1)),
+        (vsr_fast.IconVSR, dict(mid_channels=8, num_blocks=1, padding=2)),
+        (reference.IconVSR, dict(mid_channels=8, num_blocks=1, padding=2)),
+    ],
+)
+def test_a_batch_of_no_videos(cls, kwargs):
+    """Regression: IconVSR with batch 0 failed inside a reshape ("cannot reshape tensor of 0
+    elements"); a batch of none gives an empty batch of the right shape, as BasicVSR did."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = cls(**kwargs).eval()(torch.rand(0, 5, 3, 8, 12))
+    assert out.shape == (0, 5, 3, 32, 48)

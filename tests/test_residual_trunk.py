@@ -18,9 +18,11 @@ from _helpers import (
     TOLERANCE,
     assert_close,
     assert_close_scaled,
+    assert_fake_raises_like_real,
     assert_gradcheck,
     assert_layout_like_fake,
     assert_lowp_close,
+    assert_mixed_meta_refused,
     fused_capable,
     image,
     make_trunk,
@@ -233,9 +235,24 @@ def test_opcheck(trunk_path, dtype):
 )
 def test_bad_inputs_raise_clear_errors(call, message):
     weights, biases = make_trunk(5, 8, blocks=1)
+    w, b = to(weights, "cpu", torch.float32), to(biases, "cpu", torch.float32)
     with pytest.raises(RuntimeError, match="vsr_fast::residual_trunk") as info:
-        call(to(weights, "cpu", torch.float32), to(biases, "cpu", torch.float32))
+        call(w, b)
     info.match(message)
+    # the fake kernel refuses the same inputs with the same words
+    assert_fake_raises_like_real(call, w, b)
+
+
+def test_mixed_meta_and_cpu_inputs_and_none_are_refused():
+    """Regression: a meta tensor among CPU ones made the fake kernel return uninitialised memory."""
+    weights, biases = make_trunk(5, 8, blocks=1)
+    w, b = to(weights, "cpu", torch.float32), to(biases, "cpu", torch.float32)
+    x = image((1, 5, 6, 7), dtype=torch.float32)
+    assert_mixed_meta_refused("vsr_fast::residual_trunk", vsr_fast.residual_trunk, x, w, b)
+    with pytest.raises(TypeError, match=r"vsr_fast::residual_trunk: x must be a tensor, got None"):
+        vsr_fast.residual_trunk(None, w, b)
+    with pytest.raises(TypeError, match=r"vsr_fast::residual_trunk: biases\[1\] must be a tensor, got None"):
+        vsr_fast.residual_trunk(x, w, [b[0], None, b[2]])
 
 
 # ---- the fused CUDA kernel: without a GPU, its lane-level emulation ------------------------------
@@ -392,3 +409,182 @@ def test_cuda_forced_fused_and_bad_settings_raise_clear_errors(monkeypatch):
         RuntimeError, match="VSR_FAST_TRUNK_IMPL must be auto, library or fused, got 'fastest'"
     ):
         vsr_fast.residual_trunk(x, wl, bl)
+
+
+# ---- the CPU weight cache (csrc/cpu/onednn_conv.h): sound for every way of writing a weight --------
+# Regressions of issue 8: the cache keyed on the version counter, which fused optimizers and writes
+# through .data or numpy do not bump (after one fused SGD step the trunk was off by 55), and which
+# inference tensors do not have.
+
+
+def _trunk_module(seed=0):
+    torch.manual_seed(seed)
+    return reference.ResidualBlocksWithInputConv(5, 8, num_blocks=1)
+
+
+def _expected(trunk, x):
+    with torch.no_grad():
+        return copy.deepcopy(trunk).double()(x.double())
+
+
+def _fast(trunk, x):
+    return vsr_fast.residual_trunk(x, *trunk_parameters(trunk))
+
+
+def _optimizer_step(trunk, x, make):
+    optimizer = make(trunk.parameters())
+    for _ in range(2):
+        optimizer.zero_grad()
+        _fast(trunk, x).square().mean().backward()
+        optimizer.step()
+
+
+def _write(trunk, idiom, x):
+    g = torch.Generator().manual_seed(7)
+    params = list(trunk.parameters())
+    fresh = [torch.randn(p.shape, generator=g) * p.detach().abs().mean() * 2 for p in params]
+    if idiom == "data":  # BasicSR's EMA update, clipping idioms
+        for p, v in zip(params, fresh):
+            p.data.mul_(0.5).add_(v)
+    elif idiom == "data_assign":  # same TensorImpl, new storage
+        for p, v in zip(params, fresh):
+            p.data = v.clone()
+    elif idiom == "numpy":
+        for p, v in zip(params, fresh):
+            p.detach().numpy()[...] = v.numpy()
+    elif idiom == "copy_no_grad":
+        with torch.no_grad():
+            for p, v in zip(params, fresh):
+                p.copy_(v)
+    elif idiom == "load_state_dict":
+        other = _trunk_module(seed=3)
+        trunk.load_state_dict(other.state_dict())
+    elif idiom == "parameter_assignment":
+        trunk.main[0].weight = torch.nn.Parameter(fresh[0])
+    elif idiom in ("sgd_fused", "adam_fused", "adamw_fused"):
+        make = {
+            "sgd_fused": lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9, fused=True),
+            "adam_fused": lambda p: torch.optim.Adam(p, lr=0.05, fused=True),
+            "adamw_fused": lambda p: torch.optim.AdamW(p, lr=0.05, fused=True),
+        }[idiom]
+        _optimizer_step(trunk, x, make)
+    else:
+        raise AssertionError(idiom)
+
+
+WRITE_IDIOMS = [
+    "data",
+    "data_assign",
+    "numpy",
+    "copy_no_grad",
+    "load_state_dict",
+    "parameter_assignment",
+    "sgd_fused",
+    "adam_fused",
+    "adamw_fused",
+]
+
+
+@pytest.mark.parametrize("idiom", WRITE_IDIOMS)
+def test_weight_writes_are_seen_however_they_are_made(idiom):
+    trunk = _trunk_module()
+    x = image((1, 5, 9, 10), dtype=torch.float32)
+    before = _fast(trunk, x).detach()  # fills the cache
+    assert_close(before, _expected(trunk, x), "float32_chain")
+    _write(trunk, idiom, x)
+    after = _fast(trunk, x).detach()
+    assert_close(after, _expected(trunk, x), "float32_chain")
+    assert (after - before).abs().max() > 1e-2, "the write changed nothing: the test tests nothing"
+    # and once more: an entry made from the new weights is reused correctly
+    assert_close(_fast(trunk, x).detach(), _expected(trunk, x), "float32_chain")
+
+
+def test_inference_mode_weights_and_inputs():
+    """Regression: a model created inside torch.inference_mode() failed every float32 CPU call
+    ("Inference tensors do not track version counter"); weights written in inference mode are seen."""
+    x = image((1, 5, 9, 10), dtype=torch.float32)
+    with torch.inference_mode():
+        trunk = _trunk_module()
+        out = _fast(trunk, x)
+        assert_close(out, _expected(trunk, x), "float32_chain")
+        for p in trunk.parameters():
+            p.mul_(-1.5)
+        assert_close(_fast(trunk, x), _expected(trunk, x), "float32_chain")
+    # inference-mode weights used outside inference mode (without autograd, as torch requires)
+    with torch.no_grad():
+        assert_close(_fast(trunk, x.clone()), _expected(trunk, x), "float32_chain")
+
+
+def _fresh_weight_calls():
+    x = image((1, 64, 8, 8), dtype=torch.float32)
+    weights, biases64 = make_trunk(64, 64, blocks=1, seed=1)
+    biases = to(biases64, "cpu", torch.float32)
+
+    def call():
+        vsr_fast.residual_trunk(x, [w.float() * 1.0 for w in weights], biases)
+
+    return call, x, weights, biases64
+
+
+def test_fresh_weights_per_call_do_not_grow_memory():
+    """Regression: packed copies of freed weights were kept up to 1,024 entries (1,000 calls with
+    fresh 64-channel weights grew RSS by 281 MiB; eager: 6 MiB)."""
+    import gc
+    import resource
+
+    def rss_mib():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+    call, *_ = _fresh_weight_calls()
+    for _ in range(20):  # warm up the allocator and oneDNN's primitive cache
+        call()
+    gc.collect()
+    start = rss_mib()
+    for _ in range(600):  # 1,800 fresh 64 x 64 x 3 x 3 weights: ~300 MiB of packed copies before
+        call()
+    gc.collect()
+    grown = rss_mib() - start
+    assert grown < 64, f"RSS grew by {grown:.0f} MiB over 600 calls with fresh weights"
+
+
+def test_cache_drops_freed_weights_and_stays_bounded():
+    """Entries of freed weights go (the cache's own count), live ones stay under the byte bound
+    (least recently used dropped first) and the results stay right."""
+    import gc
+
+    call, x, weights, biases64 = _fresh_weight_calls()
+    biases = to(biases64, "cpu", torch.float32)
+    gc.collect()
+    entries_before = torch.ops.vsr_fast._cpu_weight_cache_stats()[0]  # other tests' live weights
+    for _ in range(50):
+        call()
+    entries, held, bound = torch.ops.vsr_fast._cpu_weight_cache_stats()
+    assert entries <= entries_before, (entries, held)  # every weight of those calls is gone
+
+    live = [[w.float() + 0.0 for w in weights] for _ in range(bound // (3 * 2 * 64 * 64 * 9 * 4) + 40)]
+    for ws in live:
+        vsr_fast.residual_trunk(x, ws, biases)
+    entries, held, _ = torch.ops.vsr_fast._cpu_weight_cache_stats()
+    assert 0 < held <= bound and entries < 3 * len(live), (entries, held, bound)
+    assert_close(
+        vsr_fast.residual_trunk(x, live[0], biases),
+        reference.residual_trunk(x.double(), weights, biases64),
+        "float32_chain",
+    )
+    del live, ws
+    assert torch.ops.vsr_fast._cpu_weight_cache_stats()[0] <= entries_before
+
+
+def test_zero_channels_raise_a_clear_error():
+    """Regression: zero input channels in float32 surfaced oneDNN's "could not create a primitive
+    descriptor" (no op, no sizes); float64 went through ATen. Every dtype now gets the op's error."""
+    for dtype in (torch.float32, torch.float64):
+        weights, biases = make_trunk(1, 8, blocks=1)
+        weights[0] = weights[0][:, :0]
+        x = torch.rand(1, 0, 6, 7, dtype=dtype)
+        with pytest.raises(RuntimeError, match=r"vsr_fast::residual_trunk: expected at least one input"):
+            vsr_fast.residual_trunk(x, to(weights, "cpu", dtype), to(biases, "cpu", dtype))
+        assert_fake_raises_like_real(
+            vsr_fast.residual_trunk, x, to(weights, "cpu", dtype), to(biases, "cpu", dtype)
+        )

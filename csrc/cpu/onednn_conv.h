@@ -92,8 +92,14 @@ class PackedWeights {
   at::Tensor get(const at::Tensor& weight, int64_t n, int64_t h, int64_t w, int64_t in_begin = 0,
                  int64_t in_count = -1) {
     if (in_count < 0) in_count = weight.size(1) - in_begin;
-    const PackKey key{weight.unsafeGetTensorImpl(), n, h, w, in_begin, in_count};
     const at::Tensor slice = weight.detach().narrow(1, in_begin, in_count);
+    // VSR_FAST_CPU_WEIGHT_CACHE=0: reorder on every call (read per call, so a benchmark can time
+    // both in one process: benchmarks/bench_residual_trunk.py::test_trunk_weight_cache)
+    const char* setting = std::getenv("VSR_FAST_CPU_WEIGHT_CACHE");
+    if (setting != nullptr && std::string(setting) == "0") {
+      return reorder(slice.contiguous(), n, in_count, h, w);
+    }
+    const PackKey key{weight.unsafeGetTensorImpl(), n, h, w, in_begin, in_count};
     at::Tensor packed_from, packed;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -111,12 +117,7 @@ class PackedWeights {
     // Packed from a private copy, so the entry describes exactly the bytes it was made from. (The
     // reorder also misreads strided weights, found by tests/test_residual_trunk.py: the copy is dense.)
     packed_from = slice.clone(at::MemoryFormat::Contiguous);
-    static const c10::OperatorHandle& reorder =
-        c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "");
-    std::vector<c10::IValue> stack{packed_from,        kOnes, kOnes, kOnes, int64_t{1},
-                                   std::vector<int64_t>{n, in_count, h, w}};
-    reorder.callBoxed(&stack);
-    packed = stack[0].toTensor();
+    packed = reorder(packed_from, n, in_count, h, w);
     const size_t bytes = packed_from.nbytes() + packed.nbytes();
 
     std::lock_guard<std::mutex> lock(mutex_);
@@ -133,14 +134,25 @@ class PackedWeights {
     return packed;
   }
 
-  // For tests (vsr_fast::_cpu_weight_cache_stats): entries and bytes held now.
-  std::pair<int64_t, int64_t> stats() {
+  // For tests (vsr_fast::_cpu_weight_cache_stats): entries and bytes held now (after dropping
+  // those of freed weights), and the bound on the bytes.
+  std::vector<int64_t> stats() {
     std::lock_guard<std::mutex> lock(mutex_);
     drop_dead();
-    return {static_cast<int64_t>(entries_.size()), static_cast<int64_t>(bytes_)};
+    return {static_cast<int64_t>(entries_.size()), static_cast<int64_t>(bytes_),
+            static_cast<int64_t>(kMaxBytes)};
   }
 
  private:
+  static at::Tensor reorder(const at::Tensor& dense, int64_t n, int64_t in_count, int64_t h, int64_t w) {
+    static const c10::OperatorHandle& op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "");
+    std::vector<c10::IValue> stack{dense, kOnes,      kOnes,
+                                   kOnes, int64_t{1}, std::vector<int64_t>{n, in_count, h, w}};
+    op.callBoxed(&stack);
+    return stack[0].toTensor();
+  }
+
   void drop_dead() {
     for (auto it = entries_.begin(); it != entries_.end();) {
       if (it->second.source.expired()) {
@@ -225,8 +237,8 @@ inline bool usable(const at::Tensor& x, int64_t out_channels) {
     const char* v = std::getenv("VSR_FAST_CPU_TRUNK");
     return v != nullptr && std::string(v) == "aten";
   }();
-  return !disabled && x.scalar_type() == at::kFloat && x.size(1) > 0 && out_channels > 0 &&
-         at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
+  return !disabled && x.scalar_type() == at::kFloat && x.size(1) > 0 && out_channels > 0 && at::hasMKLDNN() &&
+         at::globalContext().userEnabledMkldnn();
 }
 
 }  // namespace onednn

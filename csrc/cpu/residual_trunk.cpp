@@ -81,10 +81,7 @@ at::Tensor residual_trunk_cpu_nhwc(const at::Tensor& input_nhwc, at::TensorList 
 
 namespace {
 
-std::vector<int64_t> cpu_weight_cache_stats() {
-  const auto [entries, bytes] = onednn::packed_weights().stats();
-  return {entries, bytes};
-}
+std::vector<int64_t> cpu_weight_cache_stats() { return onednn::packed_weights().stats(); }
 
 }  // namespace
 }  // namespace vsr_fast
