@@ -335,3 +335,49 @@ def test_error_message_names_model_and_source(tmp_path):
     torch.save({"params": {}}, path)
     with pytest.raises(CheckpointError, match=re.escape(f"cannot load '{path}' into SPyNet")):
         load_checkpoint(SPyNet(), path)
+
+
+# ---- regressions of issue 8: every bad file gets the package's error, with the path -------------
+
+
+def test_a_directory_is_named_as_one(tmp_path):
+    with pytest.raises(IsADirectoryError, match=re.escape(f"{str(tmp_path)!r} is a directory")):
+        read_checkpoint(tmp_path)
+
+
+def test_an_empty_file_says_so(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=re.escape(f"{str(path)!r} is empty (0 bytes)")):
+        read_checkpoint(path)
+
+
+def test_a_damaged_pth_gives_a_reason_and_no_misleading_hint(tmp_path):
+    path = tmp_path / "truncated.pth"
+    good = tmp_path / "good.pth"
+    torch.save(_small_basicvsr().state_dict(), good)
+    path.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=re.escape(repr(str(path)))) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert "damaged" in message and "weights_only=False" not in message, message
+    assert ": ." not in message and not message.rstrip().endswith(":"), message  # a reason is given
+
+
+def test_a_damaged_safetensors_file_gives_the_checkpoint_error_with_the_path(tmp_path):
+    pytest.importorskip("safetensors.torch")
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError, match=re.escape(f"cannot read {str(path)!r} as a safetensors file")):
+        read_checkpoint(path)
+
+
+def test_non_string_state_dict_keys_are_refused_by_name(tmp_path):
+    sd = dict(_small_basicvsr().state_dict())
+    sd[3] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match=r"state-dict keys must be strings, got 1 that are not: 3"):
+        load_checkpoint(_small_basicvsr(), sd)
+    path = tmp_path / "int_keys.pth"
+    torch.save({"params": sd}, path)
+    with pytest.raises(CheckpointError, match=r"state-dict keys must be strings"):
+        load_checkpoint(_small_basicvsr(), path)

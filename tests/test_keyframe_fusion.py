@@ -6,7 +6,13 @@ import torch
 import vsr_fast
 from vsr_fast import reference
 
-from _helpers import TOLERANCE, assert_gradcheck, poisoned_allocations
+from _helpers import (
+    TOLERANCE,
+    assert_fake_raises_like_real,
+    assert_gradcheck,
+    assert_mixed_meta_refused,
+    poisoned_allocations,
+)
 
 
 def inputs(device, dtype=torch.float32, n=2, c=16, h=9, w=13, channels_last=False, seed=0):
@@ -85,3 +91,31 @@ def test_opcheck_and_errors(device):
         vsr_fast.keyframe_fusion(state, refill[..., :5], weight, bias)
     with pytest.raises(RuntimeError, match=r"vsr_fast::keyframe_fusion: weights\[0\] must be \[4, 8, 3, 3\]"):
         vsr_fast.keyframe_fusion(state, refill, weight[:, :7], bias)
+
+
+def test_bad_inputs_fake_like_real_mixed_meta_and_none():
+    """Regressions: the fake kernel checked nothing (a meta tensor among CPU ones gave uninitialised
+    memory); bias=None said "biases[0] must be [4], got [0]"."""
+    state, refill, weight, bias = inputs("cpu", n=1, c=4, h=5, w=6)
+    assert_mixed_meta_refused(
+        "vsr_fast::keyframe_fusion", vsr_fast.keyframe_fusion, state, refill, weight, bias
+    )
+    assert_fake_raises_like_real(vsr_fast.keyframe_fusion, state, refill[..., :5], weight, bias)
+    assert_fake_raises_like_real(vsr_fast.keyframe_fusion, state, refill, weight[:, :7], bias)
+    assert_fake_raises_like_real(vsr_fast.keyframe_fusion, state, refill.double(), weight, bias)
+    with pytest.raises(TypeError, match=r"vsr_fast::keyframe_fusion: bias must be a tensor, got None"):
+        vsr_fast.keyframe_fusion(state, refill, weight, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_a_half_without_channels(dtype):
+    """A refill (or state) of 0 channels: oneDNN cannot describe that convolution; the op falls back
+    and still matches the reference."""
+    state, refill, weight, bias = inputs("cpu", dtype=dtype, n=1, c=4, h=5, w=6)
+    for s, r, w in ((state, refill[:, :0], weight[:, :4]), (state[:, :0], refill, weight[:, 4:])):
+        torch.testing.assert_close(
+            vsr_fast.keyframe_fusion(s, r, w.contiguous(), bias).double(),
+            reference.keyframe_fusion(*(t.double() for t in (s, r, w, bias))),
+            atol=TOLERANCE["float32_chain"],
+            rtol=0,
+        )

@@ -14,9 +14,11 @@ from vsr_fast.ops import trunk_parameters
 from _helpers import (
     assert_close,
     assert_close_scaled,
+    assert_fake_raises_like_real,
     assert_gradcheck,
     assert_layout_like_fake,
     assert_lowp_close,
+    assert_mixed_meta_refused,
     fused_capable,
     image,
     make_trunk,
@@ -237,9 +239,26 @@ def test_torch_compile_fullgraph(device):
 )
 def test_bad_inputs_raise_clear_errors(call, message):
     weights, biases = make_trunk(12, 8, blocks=1)
+    w, b = to(weights, "cpu", torch.float32), to(biases, "cpu", torch.float32)
     with pytest.raises(RuntimeError, match="vsr_fast::propagation_step") as info:
-        call(to(weights, "cpu", torch.float32), to(biases, "cpu", torch.float32))
+        call(w, b)
     info.match(message)
+    # the fake kernel refuses the same inputs with the same words
+    assert_fake_raises_like_real(call, w, b)
+
+
+def test_mixed_meta_and_cpu_inputs_and_none_are_refused():
+    """Regression: a meta tensor among CPU ones made the fake kernel return uninitialised memory."""
+    weights, biases = make_trunk(3 + 8 + 8, 8, blocks=1)
+    w, b = to(weights, "cpu", torch.float32), to(biases, "cpu", torch.float32)
+    lr, feature, state, flow = to(step_inputs(1, 8, 6, 7, True, "warped", seed=2), "cpu", torch.float32)
+    assert_mixed_meta_refused(
+        "vsr_fast::propagation_step", vsr_fast.propagation_step, lr, feature, state, flow, w, b
+    )
+    with pytest.raises(TypeError, match=r"vsr_fast::propagation_step: lr must be a tensor, got None"):
+        vsr_fast.propagation_step(None, feature, state, flow, w, b)
+    with pytest.raises(TypeError, match=r"vsr_fast::propagation_step: weights\[2\] must be a tensor"):
+        vsr_fast.propagation_step(lr, feature, state, flow, w[:2] + [None], b)
 
 
 # ---- CUDA only -------------------------------------------------------------------------------------

@@ -110,7 +110,9 @@ class TSAFusion(nn.Module):
         """(N, T, C, H, W) aligned features, H and W multiples of 4 -> (N, C, H, W)."""
         n, t, c, h, w = aligned_feat.shape
         embedding_ref = self.temporal_attn1(aligned_feat[:, self.center_frame_idx])
-        embedding = self.temporal_attn2(aligned_feat.reshape(-1, c, h, w)).view(n, t, -1, h, w)
+        # explicit sizes, not -1: a view of 0 elements (batch 0) cannot infer one
+        embedding = self.temporal_attn2(aligned_feat.reshape(n * t, c, h, w))
+        embedding = embedding.view(n, t, embedding.size(1), h, w)
         corr = torch.stack([torch.sum(embedding[:, i] * embedding_ref, 1) for i in range(t)], 1)
         corr_prob = torch.sigmoid(corr).unsqueeze(2).expand(n, t, c, h, w).reshape(n, t * c, h, w)
         aligned_feat = aligned_feat.reshape(n, t * c, h, w) * corr_prob
@@ -192,12 +194,13 @@ class EDVRFeatureExtractor(nn.Module):
                 f"EDVRFeatureExtractor: height and width must be multiples of 4 (two "
                 f"stride-2 pyramid levels), got {h} and {w}"
             )
-        l1 = self.feature_extraction(self.lrelu(self.conv_first(x.reshape(-1, c, h, w))))
+        l1 = self.feature_extraction(self.lrelu(self.conv_first(x.reshape(n * t, c, h, w))))
         l2 = self.feat_l2_conv2(self.feat_l2_conv1(l1))
         l3 = self.feat_l3_conv2(self.feat_l3_conv1(l2))
-        l1 = l1.view(n, t, -1, h, w)
-        l2 = l2.view(n, t, -1, h // 2, w // 2)
-        l3 = l3.view(n, t, -1, h // 4, w // 4)
+        # explicit sizes, not -1: a view of 0 elements (batch 0) cannot infer one
+        l1 = l1.view(n, t, l1.size(1), h, w)
+        l2 = l2.view(n, t, l2.size(1), h // 2, w // 2)
+        l3 = l3.view(n, t, l3.size(1), h // 4, w // 4)
 
         c_idx = self.center_frame_idx
         ref_feats = [l1[:, c_idx], l2[:, c_idx], l3[:, c_idx]]
@@ -206,4 +209,4 @@ class EDVRFeatureExtractor(nn.Module):
         )
         if self.with_tsa:
             return self.fusion(aligned)
-        return self.fusion(aligned.view(n, -1, h, w))
+        return self.fusion(aligned.view(n, t * aligned.size(2), h, w))
