@@ -63,6 +63,23 @@ def test_trunk(run_case, shape, impl):
     run_case(f"trunk30 fp32 {shape} {list(SHAPES[shape])} cpu", impl, case, torch.device("cpu"), rounds=5)
 
 
+@pytest.mark.parametrize("cache", ["cached", "reorder_per_call"])
+def test_trunk_weight_cache(run_case, monkeypatch, cache):
+    """What the CPU weight cache (csrc/cpu/onednn_conv.h) saves per propagation step: the same trunk
+    call with the cache (a memcmp of each weight against the copy it was packed from) and with
+    VSR_FAST_CPU_WEIGHT_CACHE=0 (61 oneDNN weight reorders per call). Prediction: ~72 us per reorder
+    of a 64 x 64 x 3 x 3 weight, so ~4.4 ms of the ~87 ms step; the memcmps well under 1 ms."""
+    if cache == "reorder_per_call":
+        monkeypatch.setenv("VSR_FAST_CPU_WEIGHT_CACHE", "0")
+    _, weights, biases, x = setup_case(SHAPES["train64x112"])
+
+    def case():
+        with torch.no_grad():
+            vsr_fast.residual_trunk(x, weights, biases)
+
+    run_case("trunk30 fp32 weight cache [1, 67, 64, 112] cpu", cache, case, torch.device("cpu"), rounds=10)
+
+
 # ---- CUDA ----------------------------------------------------------------------------------------
 
 BLOCKS = 30
