@@ -33,7 +33,8 @@ at::Tensor keyframe_fusion_cuda(const at::Tensor& state, const at::Tensor& refil
                            {0, 0}, 1);
   };
   // a half without channels: a convolution over nothing, which ATen answers with the wrong shape
-  if (cs == 0 || refill.size(1) == 0) return conv(at::cat({state, refill}, 1), weight, bias).contiguous(format);
+  if (cs == 0 || refill.size(1) == 0)
+    return conv(at::cat({state, refill}, 1), weight, bias).contiguous(format);
   at::Tensor out = conv(state, weight.narrow(1, 0, cs), bias);
   out.add_(conv(refill, weight.narrow(1, cs, refill.size(1)), std::nullopt));
   return out.contiguous(format);

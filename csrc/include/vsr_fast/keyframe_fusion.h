@@ -13,7 +13,10 @@ inline void check_keyframe_fusion_args(const at::Tensor& state, const at::Tensor
   const char* op = "vsr_fast::keyframe_fusion";
   TORCH_CHECK(state.defined() && refill.defined() && weight.defined() && bias.defined(), op,
               ": state, refill, weight and bias must be tensors, got None for ",
-              !state.defined() ? "state" : !refill.defined() ? "refill" : !weight.defined() ? "weight" : "bias");
+              !state.defined()    ? "state"
+              : !refill.defined() ? "refill"
+              : !weight.defined() ? "weight"
+                                  : "bias");
   TORCH_CHECK(state.dim() == 4 && refill.dim() == 4 && state.size(0) == refill.size(0) &&
                   state.size(2) == refill.size(2) && state.size(3) == refill.size(3),
               op, ": expected state [N, C_s, H, W] and refill [N, C_r, H, W] of one size, got ",
