@@ -27,8 +27,9 @@ inline const std::vector<int64_t> kOnes = {1, 1};
 // A packed weight is handed out again only while the weight's bytes still equal the copy it was
 // packed from (a memcmp per call): sound however the weight was written. The version counter is
 // not: fused optimizers (SGD/Adam/AdamW(fused=True)) and writes through `.data` or numpy views do
-// not bump it, and inference tensors have none. benchmarks/bench_residual_trunk.py measures what the
-// cache saves (the reorders) against what the comparison costs.
+// not bump it, and inference tensors have none (docs/design.md, "The CPU weight cache": it saves
+// ~84 us of reorder per 64x64x3x3 weight, ~4-6 ms per c64b30 trunk call; benchmarks/
+// bench_residual_trunk.py::test_trunk_weight_cache times it against VSR_FAST_CPU_WEIGHT_CACHE=0).
 //
 // Entries die with their weight: each holds it weakly and is dropped once it is freed (checked on
 // every miss and every kPruneEvery hits), and all entries together stay under kMaxBytes (the least
@@ -84,7 +85,7 @@ inline bool same_bytes(const at::Tensor& slice, const at::Tensor& copy) {
 
 class PackedWeights {
  public:
-  static constexpr size_t kMaxBytes = size_t{256} << 20;  // ~7 c64b30 trunks at one frame size each
+  static constexpr size_t kMaxBytes = size_t{256} << 20;  // ~14 c64b30 trunks (18 MB at one input size)
   static constexpr uint64_t kPruneEvery = 256;
 
   // `weight` reordered for inputs [n, in_count, h, w]; in_count < 0: all of its input channels,
