@@ -68,6 +68,14 @@ TORCH_LIBRARY(vsr_fast, m) {
   // IconVSR's keyframe refill fusion: conv3x3(cat[state, refill], weight) + bias, no activation,
   // without forming the concatenation. weight [C, C_state + C_refill, 3, 3].
   m.def("keyframe_fusion(Tensor state, Tensor refill, Tensor weight, Tensor bias) -> Tensor");
+  // The x4 reconstruction tail of BasicVSR / IconVSR. With fusion_weight (BasicVSR): feat =
+  // LeakyReLU(conv1x1(cat[feat, feat_forward?], fusion_weight) + fusion_bias) first. Then, with weights /
+  // biases = [upsample1, upsample2, conv_hr, conv_last] (3x3, stride 1, padding 1): two stages of
+  // LeakyReLU(pixel_shuffle(conv(x), 2)), LeakyReLU(conv_hr(x)), and conv_last(x) + the bilinear x4
+  // upsampling of lr (align_corners=False). LeakyReLU slope 0.1. Output [N, 3, 4H, 4W].
+  m.def(
+      "reconstruction_tail(Tensor lr, Tensor feat, Tensor? feat_forward, Tensor? fusion_weight, "
+      "Tensor? fusion_bias, Tensor[] weights, Tensor[] biases) -> Tensor");
   // DCNv2 (EDVR's ModulatedDCNPack): offsets [N, 2 * deform_groups * kh * kw, H_out, W_out] in the
   // mmcv/torchvision layout (y then x per tap), mask [N, deform_groups * kh * kw, H_out, W_out] (already
   // through its sigmoid). Only groups=1. Returns (grad_x, grad_offset, grad_mask, grad_weight, grad_bias);

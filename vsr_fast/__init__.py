@@ -12,7 +12,14 @@ from . import checkpoint, hardware, inference, models, ops, reference
 from .hardware import cpu_supports_bf16
 from .inference import upscale
 from .models import BasicVSR, IconVSR, SPyNet
-from .ops import flow_warp, keyframe_fusion, modulated_deform_conv, propagation_step, residual_trunk
+from .ops import (
+    flow_warp,
+    keyframe_fusion,
+    modulated_deform_conv,
+    propagation_step,
+    reconstruction_tail,
+    residual_trunk,
+)
 
 __all__ = [
     "BasicVSR",
@@ -21,6 +28,7 @@ __all__ = [
     "build_info",
     "flow_warp",
     "keyframe_fusion",
+    "reconstruction_tail",
     "modulated_deform_conv",
     "residual_trunk",
     "propagation_step",

@@ -4,7 +4,8 @@ from .flow_warp import flow_warp
 from .keyframe_fusion import keyframe_fusion
 from .modulated_deform_conv import modulated_deform_conv
 from .propagation_step import propagation_step
-from .residual_trunk import residual_trunk, trunk_parameters
+from .reconstruction_tail import reconstruction_tail
+from .residual_trunk import residual_trunk
 
 __all__ = [
     "flow_warp",
@@ -12,5 +13,5 @@ __all__ = [
     "modulated_deform_conv",
     "residual_trunk",
     "propagation_step",
-    "trunk_parameters",
+    "reconstruction_tail",
 ]

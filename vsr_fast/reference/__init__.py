@@ -12,6 +12,7 @@ from .flow_warp import flow_warp
 from .iconvsr import IconVSR
 from .keyframe_fusion import keyframe_fusion
 from .propagation_step import propagation_step
+from .reconstruction_tail import reconstruction_tail
 from .residual_trunk import residual_trunk
 from .spynet import SPyNet, SPyNetBasicModule
 
@@ -20,6 +21,7 @@ __all__ = [
     "residual_trunk",
     "propagation_step",
     "keyframe_fusion",
+    "reconstruction_tail",
     "SPyNet",
     "SPyNetBasicModule",
     "BasicVSR",
