@@ -16,7 +16,6 @@ import torch
 
 import vsr_fast
 from vsr_fast import reference
-from vsr_fast.ops import trunk_parameters
 
 SHAPES = {"train64x112": (1, 67, 64, 112), "lr720p": (1, 67, 180, 320), "batch4": (4, 67, 64, 64)}
 _compiled = {}
@@ -32,7 +31,7 @@ def setup_case(shape):
     torch.manual_seed(0)
     n, c_in, h, w = shape
     trunk = reference.ResidualBlocksWithInputConv(c_in, 64, num_blocks=30).eval()
-    weights, biases = trunk_parameters(trunk)
+    weights, biases = trunk.trunk_parameters()
     return trunk, weights, biases, torch.rand(n, c_in, h, w)
 
 

@@ -24,7 +24,6 @@ import torch
 
 import vsr_fast
 from vsr_fast import reference
-from vsr_fast.ops import trunk_parameters
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
@@ -42,7 +41,7 @@ def setup_case(shape):
     torch.manual_seed(0)
     n, c_in, h, w = shape
     trunk = reference.ResidualBlocksWithInputConv(c_in, 64, num_blocks=30).eval()
-    weights, biases = trunk_parameters(trunk)
+    weights, biases = trunk.trunk_parameters()
     return trunk, weights, biases, torch.rand(n, c_in, h, w)
 
 

@@ -11,7 +11,6 @@ import torch
 
 import vsr_fast
 from vsr_fast import reference
-from vsr_fast.ops.residual_trunk import trunk_parameters
 
 STEPS = 20
 
@@ -27,7 +26,7 @@ def rss_kib(field):
 def main(impl, n, c_in, h, w):
     torch.manual_seed(0)
     trunk = reference.ResidualBlocksWithInputConv(c_in, 64, num_blocks=30).eval()
-    weights, biases = trunk_parameters(trunk)
+    weights, biases = trunk.trunk_parameters()
     lrs = torch.rand(STEPS, n, c_in - 64, h, w)
     flows = torch.randn(STEPS, n, h, w, 2) * 3
 

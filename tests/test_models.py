@@ -213,3 +213,55 @@ def test_a_batch_of_no_videos(cls, kwargs):
         warnings.simplefilter("ignore", UserWarning)
         out = cls(**kwargs).eval()(torch.rand(0, 5, 3, 8, 12))
     assert out.shape == (0, 5, 3, 32, 48)
+
+
+MODELS = [
+    (vsr_fast.BasicVSR, reference.BasicVSR, dict(mid_channels=8, num_blocks=2), 3),
+    (vsr_fast.IconVSR, reference.IconVSR, dict(mid_channels=8, num_blocks=2, padding=2), 5),
+]
+
+
+def test_one_warp_for_both_models():
+    assert vsr_fast.BasicVSR.warp is vsr_fast.IconVSR.warp
+
+
+@pytest.mark.parametrize("fast_cls, ref_cls, kwargs, frames", MODELS)
+def test_trunk_parameters_are_gathered_once_per_call(fast_cls, ref_cls, kwargs, frames, monkeypatch):
+    fast, _ = pair(fast_cls, ref_cls, **kwargs)
+    calls = []
+    gather = reference.ResidualBlocksWithInputConv.trunk_parameters
+    monkeypatch.setattr(
+        reference.ResidualBlocksWithInputConv, "trunk_parameters", lambda m: calls.append(m) or gather(m)
+    )
+    lrs = torch.rand(1, frames, 3, 16, 20)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # inputs below 64x64
+        fast(lrs)
+        assert sorted(map(id, calls)) == sorted([id(fast.backward_resblocks), id(fast.forward_resblocks)])
+        # outside forward (the engine's step-by-step calls) every step gathers its own
+        fast.backward_step(lrs[:, 0], torch.zeros(1, 8, 16, 20))
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("fast_cls, ref_cls, kwargs, frames", MODELS)
+def test_parameters_replaced_between_calls_are_used(fast_cls, ref_cls, kwargs, frames):
+    """Nothing is cached across calls: a new Parameter, or load_state_dict(assign=True), is seen by
+    the next call (trunk, fusion and tail alike)."""
+    fast, ref = pair(fast_cls, ref_cls, **kwargs)
+    lrs = torch.rand(1, frames, 3, 16, 20)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # inputs below 64x64
+        fast(lrs)
+        torch.manual_seed(1)
+        other = ref_cls(**kwargs)
+        fast.load_state_dict(other.state_dict(), assign=True)
+        torch.testing.assert_close(
+            fast(lrs).double(), other.double()(lrs.double()), atol=TOLERANCE["float32_chain"], rtol=0
+        )
+        for module in (fast.backward_resblocks.main[2][0].conv1, fast.conv_hr):
+            module.weight = torch.nn.Parameter(module.weight * 0.5)
+        expected = ref_cls(**kwargs).double()
+        expected.load_state_dict(fast.state_dict())
+        torch.testing.assert_close(
+            fast(lrs).double(), expected(lrs.double()), atol=TOLERANCE["float32_chain"], rtol=0
+        )

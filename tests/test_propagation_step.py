@@ -9,7 +9,6 @@ import torch
 
 import vsr_fast
 from vsr_fast import reference
-from vsr_fast.ops import trunk_parameters
 
 from _helpers import (
     assert_close,
@@ -77,7 +76,7 @@ def test_is_the_reference_basicvsr_step(device):
     flow = torch.randn(1, 2, 12, 14, generator=torch.Generator().manual_seed(8)).to(device)
     with torch.no_grad():
         out = vsr_fast.propagation_step(
-            lr, None, state, flow.permute(0, 2, 3, 1), *trunk_parameters(model.backward_resblocks)
+            lr, None, state, flow.permute(0, 2, 3, 1), *model.backward_resblocks.trunk_parameters()
         )
         model64 = copy.deepcopy(model).double()
         expected = model64.backward_step(lr.double(), state.double(), flow.double())
@@ -163,14 +162,14 @@ def test_gradients_match_the_reference_modules(device):
     flow = torch.randn(1, 10, 11, 2, generator=g) * 1.5
     grad = torch.randn(1, 16, 10, 11, generator=g)
 
-    weights, biases = (to([t.detach() for t in p], device, torch.float32) for p in trunk_parameters(trunk))
+    weights, biases = (to([t.detach() for t in p], device, torch.float32) for p in trunk.trunk_parameters())
     inputs = [t.to(device).requires_grad_() for t in (lr, state, flow, *weights, *biases)]
     out = vsr_fast.propagation_step(inputs[0], None, inputs[1], inputs[2], inputs[3:8], inputs[8:])
     fast = torch.autograd.grad(out, inputs, grad.to(device))
 
     trunk64 = copy.deepcopy(trunk).double()
     ref_inputs = [t.double().requires_grad_() for t in (lr, state, flow)]
-    w64, b64 = trunk_parameters(trunk64)
+    w64, b64 = trunk64.trunk_parameters()
     ref_out = trunk64(torch.cat([ref_inputs[0], reference.flow_warp(ref_inputs[1], ref_inputs[2])], 1))
     ref = torch.autograd.grad(ref_out, [*ref_inputs, *w64, *b64], grad.double())
     for a, b in zip(fast, ref):

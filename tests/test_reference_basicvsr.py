@@ -6,7 +6,6 @@ import warnings
 import pytest
 import torch
 
-from vsr_fast.ops import trunk_parameters
 from vsr_fast.reference import (
     BasicVSR,
     PixelShufflePack,
@@ -166,7 +165,7 @@ def test_functional_trunk_and_step_are_the_model_s():
         (model.backward_resblocks, model.backward_step),
         (model.forward_resblocks, model.forward_step),
     ):
-        weights, biases = trunk_parameters(trunk)
+        weights, biases = trunk.trunk_parameters()
         with torch.no_grad():
             x = torch.cat([lr, state], 1)
             assert torch.equal(residual_trunk(x, weights, biases), trunk(x))

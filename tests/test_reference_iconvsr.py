@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vsr_fast.ops import trunk_parameters
 from vsr_fast.reference import EDVRFeatureExtractor, IconVSR, TSAFusion, keyframe_fusion, propagation_step
 
 from _helpers import assert_close
@@ -174,12 +173,12 @@ def test_functional_step_and_fusion_are_the_model_s():
     flow = torch.randn(1, 2, 20, 24, generator=g, dtype=torch.float64) * 2
     pixel_flow = flow.permute(0, 2, 3, 1)
     with torch.no_grad():
-        forward = trunk_parameters(model.forward_resblocks)
+        forward = model.forward_resblocks.trunk_parameters()
         assert torch.equal(
             propagation_step(lr, feat_backward, state, pixel_flow, *forward),
             model.forward_step(lr, feat_backward, state, flow),
         )
-        backward = trunk_parameters(model.backward_resblocks)
+        backward = model.backward_resblocks.trunk_parameters()
         assert torch.equal(
             propagation_step(lr, None, state, pixel_flow, *backward), model.backward_step(lr, state, flow)
         )

@@ -12,7 +12,6 @@ import torch
 
 import vsr_fast
 from vsr_fast import reference
-from vsr_fast.ops import trunk_parameters
 
 from _helpers import (
     TOLERANCE,
@@ -95,7 +94,7 @@ def test_thirty_blocks_match_the_reference_module(device):
     x = image((1, 67, 12, 20), dtype=torch.float32)
     with torch.no_grad():
         out = vsr_fast.residual_trunk(
-            x.to(device), *(to(p, device, torch.float32) for p in trunk_parameters(trunk))
+            x.to(device), *(to(p, device, torch.float32) for p in trunk.trunk_parameters())
         )
         expected = copy.deepcopy(trunk).double()(x.double())
     assert_close(out.cpu(), expected, "float32_chain")
@@ -188,13 +187,13 @@ def test_gradients_by_recomputation_match_the_reference_module(device):
     trunk = reference.ResidualBlocksWithInputConv(5, 8, num_blocks=2)
     x = image((2, 5, 6, 7), dtype=torch.float32)
     grad = torch.randn(2, 8, 6, 7, generator=torch.Generator().manual_seed(2))
-    weights, biases = (to([t.detach() for t in p], device, torch.float32) for p in trunk_parameters(trunk))
+    weights, biases = (to([t.detach() for t in p], device, torch.float32) for p in trunk.trunk_parameters())
     inputs = [x.to(device).requires_grad_()] + [p.requires_grad_() for p in weights + biases]
     out = vsr_fast.residual_trunk(inputs[0], inputs[1:6], inputs[6:])
     fast = torch.autograd.grad(out, inputs, grad.to(device))
     trunk64 = copy.deepcopy(trunk).double()
     x64 = x.double().requires_grad_()
-    w64, b64 = trunk_parameters(trunk64)
+    w64, b64 = trunk64.trunk_parameters()
     ref = torch.autograd.grad(trunk64(x64), [x64, *w64, *b64], grad.double())
     for a, b in zip(fast, ref):
         assert_close_scaled(a.cpu(), b, "float32_chain")
@@ -428,7 +427,7 @@ def _expected(trunk, x):
 
 
 def _fast(trunk, x):
-    return vsr_fast.residual_trunk(x, *trunk_parameters(trunk))
+    return vsr_fast.residual_trunk(x, *trunk.trunk_parameters())
 
 
 def _optimizer_step(trunk, x, make):

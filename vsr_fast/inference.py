@@ -15,14 +15,15 @@ The exact engine (three trunk sweeps where the full model runs two):
    exists. The forward state entering each segment is spilled too, so that with both checkpoints a
    segment depends on nothing else (`LongVideo.segment`).
 
-Every step is the model's own hook (``pair_flows``, ``backward_step``, ``forward_step``, ``fuse``,
-``reconstruct``, and for IconVSR ``spatial_padding``, ``keyframe_indices``, ``refill_window``,
-``compute_refill_feature``) on the same shapes as in the full model, so the engine works with the
-reference and the fast models alike and its frames are the model's bit for bit, except for SPyNet:
-the full model computes the flows of all T-1 pairs in one batch, the engine a few pairs at a time,
-and a multi-threaded convolution library may partition a small convolution differently for another
-batch size (seen with oneDNN on 2 threads: flows differ by ~5e-6 at 16x20; identical on one thread
-and at 64x112). Where the flows agree, everything else does.
+Every step is the model's own hook (``pair_flows``, ``backward_step``, ``forward_step``,
+``fuse_and_reconstruct`` for BasicVSR, and for IconVSR ``reconstruct``, ``spatial_padding``,
+``keyframe_indices``, ``refill_window``, ``compute_refill_feature``; docs/design.md, "Step hooks")
+on the same shapes as in the full model, so the engine works with the reference and the fast models
+alike and its frames are the model's bit for bit, except for SPyNet: the full model computes the
+flows of all T-1 pairs in one batch, the engine a few pairs at a time, and a multi-threaded
+convolution library may partition a small convolution differently for another batch size (seen with
+oneDNN on 2 threads: flows differ by ~5e-6 at 16x20; identical on one thread and at 64x112). Where
+the flows agree, everything else does.
 
 Mirror-extended clips (T even, frame T-1-i == frame i) are detected as the model detects them, and
 the forward flows are then read back from the backward ones, as the model does; equal frames give
@@ -494,7 +495,7 @@ class LongVideo:
             else:
                 feat = self.model.forward_step(lr, feat, flow)
                 if reconstruct:
-                    yield self.model.reconstruct(self.model.fuse(backward_state, feat), lr)[0]
+                    yield self.model.fuse_and_reconstruct(backward_state, feat, lr)[0]
         return feat
 
     def frames(self):

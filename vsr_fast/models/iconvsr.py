@@ -2,36 +2,34 @@
 
 Steps without a keyframe are one propagation_step call (warp + concat + trunk); keyframe steps warp,
 fuse the refill feature with keyframe_fusion (no concat) and run the trunk. The EDVR refill extractor's
-PCD alignment runs its deformable convolutions through vsr_fast::modulated_deform_conv.
+PCD alignment runs its deformable convolutions through vsr_fast::modulated_deform_conv, and each output
+frame's x4 tail is one vsr_fast::reconstruction_tail call.
 """
 
 from .. import reference
-from ..ops import flow_warp, keyframe_fusion, propagation_step, trunk_parameters
-from .basicvsr import FastTailMixin, pixel_flow
+from ..ops import keyframe_fusion, propagation_step
+from ._fast import FastRecurrentMixin, pixel_flow
 from .edvr import EDVRFeatureExtractor
 from .spynet import SPyNet
 
 __all__ = ["IconVSR"]
 
 
-class IconVSR(FastTailMixin, reference.IconVSR):
+class IconVSR(FastRecurrentMixin, reference.IconVSR):
     """Drop-in for mmagic's IconVSRNet (same constructor arguments and state-dict keys)."""
 
     spynet_class = SPyNet
     edvr_class = EDVRFeatureExtractor
 
-    @staticmethod
-    def warp(feat, flow):
-        return flow_warp(feat, flow.permute(0, 2, 3, 1))
-
     def _step(self, lr, feat_backward, feat_prop, flow, feat_refill, fusion, trunk):
+        parameters = self.trunk_parameters(trunk)
         if feat_refill is None:
-            return propagation_step(lr, feat_backward, feat_prop, pixel_flow(flow), *trunk_parameters(trunk))
+            return propagation_step(lr, feat_backward, feat_prop, pixel_flow(flow), *parameters)
         if flow is not None:
             feat_prop = self.warp(feat_prop, flow)
         # propagated state first, refill second, as in the reference
         state = keyframe_fusion(feat_prop, feat_refill, fusion.weight, fusion.bias)
-        return propagation_step(lr, feat_backward, state, None, *trunk_parameters(trunk))
+        return propagation_step(lr, feat_backward, state, None, *parameters)
 
     def backward_step(self, lr, feat_prop, flow=None, feat_refill=None):
         return self._step(

@@ -12,17 +12,7 @@ from .. import reference
 from ._checks import check_residual_trunk_args, require_tensor, require_tensors
 from ._recompute import recompute_backward, setup_recompute
 
-__all__ = ["residual_trunk", "trunk_parameters"]
-
-
-def trunk_parameters(trunk):
-    """(weights, biases) lists of a ResidualBlocksWithInputConv-shaped module (mmagic key layout:
-    main.0 input conv, main.2.k.conv1 / conv2), in the order the ops expect."""
-    weights, biases = [trunk.main[0].weight], [trunk.main[0].bias]
-    for block in trunk.main[2]:
-        weights += [block.conv1.weight, block.conv2.weight]
-        biases += [block.conv1.bias, block.conv2.bias]
-    return weights, biases
+__all__ = ["residual_trunk"]
 
 
 def residual_trunk(x, weights, biases):

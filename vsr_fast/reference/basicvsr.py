@@ -1,8 +1,9 @@
 """BasicVSR (mmagic's BasicVSRNet): SPyNet flows + bidirectional recurrent propagation + x4 tail.
 
-The loop is written as small public methods (``compute_flow``, ``backward_step``, ``forward_step``,
-``fuse``, ``reconstruct``) so that the fast models and the long-video engine can reuse or replace one
-piece at a time and be compared against the rest of this reference.
+The loop is written as small public methods (``compute_flow`` / ``pair_flows``, ``backward_step``,
+``forward_step``, ``fuse``, ``reconstruct``, ``fuse_and_reconstruct``: docs/design.md, "Step hooks")
+so that the fast models and the long-video engine can reuse or replace one piece at a time and be
+compared against the rest of this reference.
 """
 
 import warnings
@@ -112,6 +113,12 @@ class _RecurrentVSRBase(nn.Module):
         """Warp a state (N, C, H, W) by a flow (N, 2, H, W); zeros outside the frame."""
         return flow_warp(feat, flow.permute(0, 2, 3, 1))
 
+    def tail_parameters(self):
+        """(weights, biases) of the tail's 3x3 convolutions in the order vsr_fast::reconstruction_tail
+        takes them: upsample1, upsample2, conv_hr, conv_last."""
+        convs = (self.upsample1.upsample_conv, self.upsample2.upsample_conv, self.conv_hr, self.conv_last)
+        return [c.weight for c in convs], [c.bias for c in convs]
+
     def reconstruct(self, feat, lr):
         """x4 upsampling tail: feature (N, C, H, W) + its LR frame (N, 3, H, W) -> (N, 3, 4H, 4W)."""
         out = self.lrelu(self.upsample1(feat))
@@ -154,6 +161,10 @@ class BasicVSR(_RecurrentVSRBase):
     def fuse(self, feat_backward, feat_forward):
         return self.lrelu(self.fusion(torch.cat([feat_backward, feat_forward], 1)))
 
+    def fuse_and_reconstruct(self, feat_backward, feat_forward, lr):
+        """One output frame from its two states: ``reconstruct(fuse(feat_backward, feat_forward), lr)``."""
+        return self.reconstruct(self.fuse(feat_backward, feat_forward), lr)
+
     def forward(self, lrs):
         check_video_input(lrs, "BasicVSR")
         n, t, _, h, w = lrs.shape
@@ -173,5 +184,5 @@ class BasicVSR(_RecurrentVSRBase):
         for i in range(t):
             flow = self.forward_flow(flows_forward, flows_backward, i) if i > 0 else None
             feat_prop = self.forward_step(lrs[:, i], feat_prop, flow)
-            outputs.append(self.reconstruct(self.fuse(feats_backward[i], feat_prop), lrs[:, i]))
+            outputs.append(self.fuse_and_reconstruct(feats_backward[i], feat_prop, lrs[:, i]))
         return torch.stack(outputs, dim=1)

@@ -115,6 +115,15 @@ class ResidualBlocksWithInputConv(nn.Module):
     def forward(self, feat):
         return self.main(feat)
 
+    def trunk_parameters(self):
+        """(weights, biases) lists in the order vsr_fast's trunk ops take them: the input conv, then
+        conv1 / conv2 of each block (the ``main.0`` / ``main.2.k.conv{1,2}`` key layout)."""
+        weights, biases = [self.main[0].weight], [self.main[0].bias]
+        for block in self.main[2]:
+            weights += [block.conv1.weight, block.conv2.weight]
+            biases += [block.conv1.bias, block.conv2.bias]
+        return weights, biases
+
 
 class PixelShufflePack(nn.Module):
     """conv (in -> out * scale^2) followed by ``F.pixel_shuffle`` (PyTorch channel order)."""

@@ -3,8 +3,8 @@
 Layer for layer what `ResidualBlocksWithInputConv` computes (blocks.py): conv3x3 + LeakyReLU(0.1),
 then per residual block ``h + conv3x3(relu(conv3x3(h)))``, all stride 1, zero padding 1, with bias.
 It takes the weights as lists (input conv, then conv1 / conv2 of each block: the order of
-`vsr_fast.ops.trunk_parameters`) so that any tensors can be pushed through it; the tests check that
-it equals the module exactly.
+`ResidualBlocksWithInputConv.trunk_parameters`) so that any tensors can be pushed through it; the
+tests check that it equals the module exactly.
 """
 
 import torch.nn.functional as F
