@@ -265,3 +265,25 @@ def test_parameters_replaced_between_calls_are_used(fast_cls, ref_cls, kwargs, f
         torch.testing.assert_close(
             fast(lrs).double(), expected(lrs.double()), atol=TOLERANCE["float32_chain"], rtol=0
         )
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_flows_of_both_directions_in_one_batch_match_the_reference(mirrored, monkeypatch):
+    fast, ref = pair(vsr_fast.BasicVSR, reference.BasicVSR, mid_channels=8, num_blocks=1)
+    lrs = torch.rand(2, 3, 3, 64, 64)
+    if mirrored:
+        lrs = torch.cat([lrs, lrs.flip(1)], 1)
+    calls = []
+    pair_flows = fast.pair_flows
+    monkeypatch.setattr(fast, "pair_flows", lambda r, s: calls.append(r.shape[0]) or pair_flows(r, s))
+    with torch.no_grad():
+        ref.double().check_if_mirror_extended(lrs)
+        expected = ref.compute_flow(lrs.double())
+        fast.check_if_mirror_extended(lrs)
+        flows = fast.compute_flow(lrs)
+    pairs = lrs.shape[0] * (lrs.shape[1] - 1)  # per direction
+    assert calls == ([pairs] if mirrored else [2 * pairs])
+    assert (flows[0] is None) == mirrored == (expected[0] is None)
+    for got, want in zip(flows, expected):
+        if want is not None:
+            assert_close_scaled(got, want, "float32_chain")

@@ -1,5 +1,7 @@
-"""What the fast BasicVSR and IconVSR share: the warp, the fused tail, and op parameters gathered once
-per forward call."""
+"""What the fast BasicVSR and IconVSR share: one SPyNet batch for both flow directions, the warp, the
+fused tail, and op parameters gathered once per forward call."""
+
+import torch
 
 from ..ops import flow_warp, reconstruction_tail
 
@@ -42,6 +44,20 @@ class FastRecurrentMixin:
     def trunk_parameters(self, trunk):
         """(weights, biases) of a propagation trunk, gathered once per forward call."""
         return self._parameters_of(trunk, trunk.trunk_parameters)
+
+    def compute_flow(self, lrs):
+        """The reference's flows, with both directions' pairs in one SPyNet batch: fewer, larger
+        convolution calls (on the loaded 2-core machine, 2 threads: 370 ms per frame against 469 for
+        two calls; one thread: no difference). Mirror-extended input keeps the shortcut (backward
+        flows only)."""
+        n, t, c, h, w = lrs.shape
+        if t == 1 or self.is_mirror_extended:
+            return super().compute_flow(lrs)
+        lrs_1 = lrs[:, :-1].reshape(-1, c, h, w)
+        lrs_2 = lrs[:, 1:].reshape(-1, c, h, w)
+        flows = self.pair_flows(torch.cat([lrs_1, lrs_2]), torch.cat([lrs_2, lrs_1]))
+        flows_backward, flows_forward = (f.view(n, t - 1, 2, h, w) for f in flows.chunk(2))
+        return flows_forward, flows_backward
 
     @staticmethod
     def warp(feat, flow):
