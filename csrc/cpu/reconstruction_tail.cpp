@@ -62,7 +62,7 @@ at::Tensor reconstruction_tail_cpu(const at::Tensor& lr, const at::Tensor& feat,
   c10::impl::ExcludeDispatchKeyGuard no_autograd(c10::autograd_dispatch_keyset);
   // oneDNN refuses convolutions without input or output channels; the library path takes them
   const int64_t tail_in = fusion_weight.has_value() ? fusion_weight->size(0) : feat.size(1);
-  const bool onednn_ok = onednn::usable(feat) && tail_in > 0 && weights[2].size(0) > 0;
+  const bool onednn_ok = onednn::usable(feat, weights[0].size(0)) && tail_in > 0 && weights[2].size(0) > 0;
   const at::Tensor out =
       onednn_ok ? tail_onednn(lr, feat, feat_forward, fusion_weight, fusion_bias, weights, biases)
                 : tail::library_path(lr, feat, feat_forward, fusion_weight, fusion_bias, weights, biases);
