@@ -409,44 +409,42 @@ def test_cuda_device_without_a_gpu():
 # ---- interruption -------------------------------------------------------------------------------------
 
 
+def _interrupt_mid_run(upscale_args, watched_dir, cwd, sig):
+    """Starts `python -m vsr_fast upscale ARGS`, waits until its hidden partial output appears in
+    watched_dir (work has begun) and a second more, sends sig; returns (exit status, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vsr_fast", "upscale", *upscale_args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in watched_dir.iterdir() if ".partial-" in p.name]:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the temporary output never appeared"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert proc.poll() is None, "finished before it could be interrupted"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
 def test_ctrl_c_leaves_no_output_file(assets, tmp_path):
     long_clip = tmp_path / "long.mp4"
     write_clip(long_clip, moving_frames(150, 32, 48))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "up.mp4"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vsr_fast",
-            "upscale",
-            str(long_clip),
-            str(out),
-            "--weights",
-            str(assets / "basicvsr_small.pth"),
-            "--segment-length",
-            "2",
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not [p for p in out_dir.iterdir() if ".partial-" in p.name]:  # the writer is open: work begun
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "the temporary output never appeared"
-            time.sleep(0.05)
-        time.sleep(1.0)
-        assert proc.poll() is None, "finished before it could be interrupted"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    weights = str(assets / "basicvsr_small.pth")
+    args = [str(long_clip), str(out), "--weights", weights, "--segment-length", "2"]
+    returncode, err = _interrupt_mid_run(args, out_dir, tmp_path, signal.SIGINT)
+    assert returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err, err
     assert list(out_dir.iterdir()) == []
 
@@ -455,36 +453,9 @@ def test_sigterm_too(assets, tmp_path):
     long_clip = tmp_path / "long.mp4"
     write_clip(long_clip, moving_frames(150, 32, 48))
     out = tmp_path / "frames"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vsr_fast",
-            "upscale",
-            str(long_clip),
-            str(out) + os.sep,
-            "--weights",
-            str(assets / "basicvsr_small.pth"),
-            "--quiet",
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not [p for p in tmp_path.iterdir() if ".partial-" in p.name]:
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(1.0)
-        proc.terminate()
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    args = [str(long_clip), str(out) + os.sep, "--weights", str(assets / "basicvsr_small.pth"), "--quiet"]
+    returncode, err = _interrupt_mid_run(args, tmp_path, tmp_path, signal.SIGTERM)
+    assert returncode == 130 and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4"]
 
 
