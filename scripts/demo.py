@@ -129,8 +129,9 @@ def main(out_dir):
         flush=True,
     )
 
+    launcher = vsr_fast_command()
     cmd = [
-        *vsr_fast_command(),
+        *launcher,
         "upscale",
         str(lr_path),
         str(up_path),
@@ -140,7 +141,7 @@ def main(out_dir):
         str(CRF),
         "--overwrite",
     ]
-    print("demo: $ " + " ".join(["vsr-fast", *cmd[-9:]]), flush=True)
+    print("demo: $ " + " ".join(["vsr-fast", *cmd[len(launcher) :]]), flush=True)
     start = time.perf_counter()
     if subprocess.call(cmd) != 0:
         sys.exit("demo: vsr-fast upscale failed")
