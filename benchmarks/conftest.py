@@ -81,12 +81,58 @@ def run_case(benchmark):
 
 
 @pytest.fixture
+def run_interleaved(benchmark):
+    """run_interleaved(group, impls, device, rounds, frames=None): time several implementations
+    ({name: fn}) in turns, one call of each per round in an order that rotates from round to round,
+    so that a machine whose speed drifts within minutes slows them alike; each one's median over the
+    rounds is recorded as run_case would. pytest-benchmark's own table shows whole rounds (all the
+    implementations once). frames: per-frame times are printed as well."""
+
+    def run(group, impls, device, rounds, frames=None):
+        names = list(impls)
+        times = {name: [] for name in names}
+        for name in names:  # warm-up: compilation, weight packing, the allocator's first touches
+            impls[name]()
+            sync(device)
+        turn = iter(range(rounds + 1))
+
+        def one_round():
+            shift = next(turn) % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                impls[name]()
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+
+        benchmark.group = f"{group} (one round: {', '.join(names)})"
+        benchmark.extra_info.update(device=_device_name(device), impls=names)
+        benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
+        for name, samples in times.items():
+            samples.sort()
+            median = samples[len(samples) // 2]
+            _RESULTS[group][name] = {
+                "median_ms": median * 1e3,
+                "min_ms": samples[0] * 1e3,
+                "peak_mb": None,
+                "device": _device_name(device),
+                "gb_per_s": None,
+                "ms_per_frame": median * 1e3 / frames if frames else None,
+                "rounds_ms": [round(s * 1e3, 1) for s in samples],
+            }
+            benchmark.extra_info[f"{name}_median_ms"] = median * 1e3
+
+    return run
+
+
+@pytest.fixture
 def record_value(benchmark):
     """record_value(group, impl, value): a measured quantity that is not a time (e.g. peak memory);
     printed beside the ratios. Uses the benchmark fixture so that --benchmark-only keeps the test."""
 
     def record(group, impl, value):
-        benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+        # the benchmark fixture may run once per test (and may already have, for a timing)
+        if not getattr(benchmark, "_mode", None):
+            benchmark.pedantic(lambda: None, rounds=1, iterations=1)
         _VALUES[group][impl] = value
 
     return record
@@ -107,8 +153,13 @@ def pytest_sessionfinish(session, exitstatus):
             ratio = f" = {r['median_ms'] / base['median_ms']:.2f}x" if base and impl != "vsr_fast" else ""
             mem = f", {r['peak_mb']:.0f} MB peak" if r["peak_mb"] is not None else ""
             bw = f", {r['gb_per_s']:.0f} GB/s" if r.get("gb_per_s") else ""
-            parts.append(f"{impl} {r['median_ms']:.3f} ms{ratio}{bw}{mem}")
+            per_frame = f" ({r['ms_per_frame']:.1f} ms/frame)" if r.get("ms_per_frame") else ""
+            parts.append(f"{impl} {r['median_ms']:.3f} ms{per_frame}{ratio}{bw}{mem}")
         lines.append(f"  {group}: " + "; ".join(parts))
+        if "reference" in impls and len(impls) > 2:
+            ref_ms = impls["reference"]["median_ms"]
+            speeds = [f"{impl} {ref_ms / r['median_ms']:.2f}x" for impl, r in sorted(impls.items())]
+            lines.append("    speed relative to the reference (its time / each one's): " + ", ".join(speeds))
     for group in sorted(_VALUES):
         lines.append(
             f"  {group}: " + "; ".join(f"{impl} {v:g}" for impl, v in sorted(_VALUES[group].items()))
