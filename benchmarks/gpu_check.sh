@@ -3,7 +3,7 @@
 # verification"): install vsr_fast as scripts/setup.sh does (scripts/install.sh, against the torch
 # installed there), the CUDA tests (every one carries the `cuda` marker), compute-sanitizer on small
 # cases of every kernel, the CUDA benchmarks, and a short report in $OUT (./gpu-report/ when OUT is
-# unset): report.md, bench.json, bench_trunk.json and logs.tgz (every step's log).
+# unset): report.md, bench.json, bench_models.json, bench_trunk.json and logs.tgz (every step's log).
 # Needs Python >= 3.11 with torch, nvcc, ninja, pytest, pytest-benchmark; no network.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +47,12 @@ SAN=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/co
 run_step "compute-sanitizer memcheck" 180 "$OUT/memcheck.log" "$SAN" --tool memcheck --error-exitcode 3 "$PY" benchmarks/gpu_sanitizer_cases.py
 run_step "compute-sanitizer racecheck" 180 "$OUT/racecheck.log" "$SAN" --tool racecheck --error-exitcode 3 "$PY" benchmarks/gpu_sanitizer_cases.py
 VSR_FAST_BENCH_SUMMARY=$OUT/bench.json run_step "cuda benchmarks" 240 "$OUT/bench.log" \
-  "${PYTEST[@]}" benchmarks --benchmark-only -k cuda --ignore=benchmarks/bench_residual_trunk.py
+  "${PYTEST[@]}" benchmarks --benchmark-only -k cuda --ignore=benchmarks/bench_residual_trunk.py \
+  --ignore=benchmarks/bench_models.py
+# whole models, 100 frames of 180x320 (issue 11): fp32 / bf16 / fp16 against the reference fp32 eager
+VSR_FAST_BENCH_SUMMARY=$OUT/bench_models.json VSR_FAST_BENCH_MODEL_ROUNDS=3 \
+  run_step "cuda whole-model benchmarks" 180 "$OUT/bench_models.log" \
+  "${PYTEST[@]}" benchmarks/bench_models.py --benchmark-only -k cuda
 # residual_trunk: auto / library / fused paths vs eager and torch.compile, with TFLOP/s (the CUDA
 # tests above ran every path: tests/test_residual_trunk.py parametrises VSR_FAST_TRUNK_IMPL)
 rm -f "$OUT/trunk_tflops.txt"
@@ -63,6 +68,9 @@ VSR_FAST_BENCH_SUMMARY=$OUT/bench_trunk.json VSR_FAST_TRUNK_TFLOPS=$OUT/trunk_tf
   echo "## Benchmark ratios (same run)"
   sed -n '/benchmark ratios/,$p' "$OUT/bench.log" | grep -E "ratios|: " | head -60
   echo
+  echo "## Whole-model benchmark (same run)"
+  sed -n '/benchmark ratios/,$p' "$OUT/bench_models.log" 2>/dev/null | grep -E "ratios|: " | head -20
+  echo
   echo "## Trunk benchmark ratios (same run)"
   sed -n '/benchmark ratios/,$p' "$OUT/bench_trunk.log" 2>/dev/null | grep -E "ratios|: " | head -40
   echo
@@ -72,7 +80,7 @@ VSR_FAST_BENCH_SUMMARY=$OUT/bench_trunk.json VSR_FAST_TRUNK_TFLOPS=$OUT/trunk_tf
   echo "## ptxas (registers / spills, counts)"
   cat "$OUT/ptxas.txt"
 } >>"$REPORT"
-# The device tool brings back at most 8 files from $OUT: keep the report and the two JSON summaries
+# The device tool brings back at most 8 files from $OUT: keep the report and the three JSON summaries
 # as they are and pack every log into one archive.
 (cd "$OUT" && tar czf logs.tgz --remove-files ./*.log ./*.txt 2>/dev/null)
 cat "$REPORT"
