@@ -16,6 +16,7 @@ LAYERS = [
     {"reference"},  # the spec; may read *_pretrained files through checkpoint
     {"ops"},  # the operators' Python side; backward recomputes the reference
     {"models"},  # the drop-in models built on the ops
+    {"acceleration"},  # vsr_fast.accelerate: official / reference modules to the fast models
     {"inference"},  # the long-video engine
     {"distributed"},  # several processes
     {"cli", "io", "__main__"},  # command line, video decoding and encoding

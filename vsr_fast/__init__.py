@@ -9,6 +9,7 @@ from ._extension import build_info
 
 # isort: split
 from . import checkpoint, hardware, inference, models, ops, reference
+from .acceleration import accelerate
 from .hardware import cpu_supports_bf16
 from .inference import upscale
 from .models import BasicVSR, IconVSR, SPyNet
@@ -24,6 +25,7 @@ from .ops import (
 __all__ = [
     "BasicVSR",
     "IconVSR",
+    "accelerate",
     "SPyNet",
     "build_info",
     "flow_warp",
