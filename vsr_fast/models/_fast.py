@@ -33,6 +33,22 @@ class FastRecurrentMixin:
         finally:
             self._call_parameters = None
 
+    def check_if_mirror_extended(self, lrs):
+        """The reference's check, except while torch.compile traces: the check branches on a tensor's
+        value, which would split the graph (no ``fullgraph=True``). Traced, the model takes the input as
+        not mirrored and computes the forward flows too, the same flows to within float rounding
+        (SPyNet on the very same frame pairs), at the cost of one more SPyNet pass on mirrored input."""
+        if torch.compiler.is_compiling():
+            self.is_mirror_extended = False
+            return False
+        return super().check_if_mirror_extended(lrs)
+
+    def _warn_if_small(self, h, w):
+        # Dynamo cannot trace warnings.warn (a graph break, an error under fullgraph=True): a compiled
+        # model does not warn about inputs below 64x64
+        if not torch.compiler.is_compiling():
+            super()._warn_if_small(h, w)
+
     def _parameters_of(self, module, gather):
         cache = self._call_parameters
         if cache is None:
