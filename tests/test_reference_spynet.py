@@ -1,5 +1,7 @@
 """Reference SPyNet: structure, shapes, and flow direction with real weights."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,3 +122,19 @@ def test_float32_matches_float64():
         f32 = net(ref, supp)
         f64 = net.double()(ref.double(), supp.double())
     assert_close_scaled(f32, f64, "float32_chain")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_flows_are_summed_in_float32(dtype):
+    """Precision policy: under bf16 / fp16 only SPyNet's convolutions run in that dtype; the flow, a
+    position, is accumulated and returned in float32 (docs/design.md, "Precision policy")."""
+    torch.manual_seed(0)
+    spynet = SPyNet().eval()
+    ref, supp = torch.rand(2, 1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = copy.deepcopy(spynet).double()(ref.double(), supp.double())  # ~5.6 px at most
+        flow = spynet.to(dtype)(ref.to(dtype), supp.to(dtype))
+    assert flow.dtype == torch.float32
+    # the values are the model tests' (tests/test_models.py, the 2x rule); here only that they are sane
+    assert torch.isfinite(flow).all()
+    torch.testing.assert_close(flow.double(), expected, atol=0.1 * expected.abs().max().item(), rtol=0)

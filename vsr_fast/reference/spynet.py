@@ -64,7 +64,12 @@ class SPyNet(nn.Module):
         ref = ref[::-1]
         supp = supp[::-1]
 
-        flow = ref[0].new_zeros(n, 2, h // 32, w // 32)
+        # Flows are positions: under float16 / bfloat16 they are summed in float32 and only the
+        # convolutions run in the low precision (docs/design.md, "Precision policy"); bf16 keeps 8
+        # bits, 0.125 px at 16-32 px of motion. float32 and float64 are unchanged.
+        dtype = ref[0].dtype
+        flow_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        flow = ref[0].new_zeros(n, 2, h // 32, w // 32, dtype=flow_dtype)
         for level in range(len(ref)):
             if level == 0:
                 flow_up = flow
@@ -72,11 +77,13 @@ class SPyNet(nn.Module):
                 # align_corners=True here (unlike the resizes in forward), and values double with the grid
                 flow_up = F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True) * 2.0
             warped = self.warp(supp[level], flow_up)
-            flow = flow_up + self.basic_module[level](torch.cat([ref[level], warped, flow_up], 1))
+            residue = self.basic_module[level](torch.cat([ref[level], warped, flow_up.to(dtype)], 1))
+            flow = flow_up + residue.to(flow_dtype)
         return flow
 
     def forward(self, ref, supp):
-        """Flow from ``ref`` to ``supp``, both (N, 3, H, W) RGB in [0, 1] -> (N, 2, H, W)."""
+        """Flow from ``ref`` to ``supp``, both (N, 3, H, W) RGB in [0, 1] -> (N, 2, H, W), in the
+        inputs' dtype, float32 for float16 / bfloat16 inputs."""
         if ref.dim() != 4 or ref.shape != supp.shape or ref.size(1) != 3:
             raise ValueError(
                 f"SPyNet: expected ref and supp of the same shape (N, 3, H, W), got "
