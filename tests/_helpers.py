@@ -126,6 +126,24 @@ def assert_layout_like_fake(out, like):
     )
 
 
+def force_onednn_bf16(monkeypatch):
+    """Forces the CPU kernels' oneDNN path for bfloat16 (VSR_FAST_CPU_BF16=onednn, read per call),
+    which they take by themselves only on CPUs with bf16 hardware. Returns whether ATen's oneDNN runs
+    bf16 convolutions on this CPU at all (AVX-512 or native bf16); on an AVX2 CPU it refuses them
+    with "bf16 path needs the cpu support ...", the error `assert_onednn_bf16_refused` expects."""
+    monkeypatch.setenv("VSR_FAST_CPU_BF16", "onednn")
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def assert_onednn_bf16_refused(call):
+    """On a CPU where oneDNN runs no bf16: the forced call reached oneDNN (which names its refusal),
+    so bf16 is routed there; its numerics cannot be checked on such a CPU."""
+    import pytest
+
+    with pytest.raises(RuntimeError, match="bf16 path needs the cpu support"):
+        call()
+
+
 def fused_capable():
     """Whether this GPU can run the fused residual-block kernel (sm_80+)."""
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8

@@ -18,6 +18,8 @@ from _helpers import (
     assert_layout_like_fake,
     assert_lowp_close,
     assert_mixed_meta_refused,
+    assert_onednn_bf16_refused,
+    force_onednn_bf16,
     fused_capable,
     image,
     make_trunk,
@@ -65,6 +67,27 @@ def test_matches_the_reference_step(trunk_path, dtype, with_feature, state_kind)
         assert_close(out.cpu(), expected, "float32_chain")
     else:
         assert_lowp_close(out, reference.propagation_step(*args), expected)
+
+
+@pytest.mark.parametrize("with_feature", [False, True], ids=["basicvsr", "iconvsr"])
+def test_bfloat16_onednn_path_when_forced(monkeypatch, with_feature):
+    """bf16 through oneDNN's fused trunk (taken by itself on CPUs with bf16 hardware), forced here."""
+    c = 64
+    lr, feature, state, flow = step_inputs(2, c, 13, 21, with_feature, "warped", seed=4)
+    weights, biases = make_trunk(3 + c + (c if with_feature else 0), c, blocks=2)
+    expected = reference.propagation_step(lr, feature, state, flow, weights, biases)
+    args = (
+        *to([lr, feature, state], "cpu", torch.bfloat16),
+        flow.float(),
+        to(weights, "cpu", torch.bfloat16),
+        to(biases, "cpu", torch.bfloat16),
+    )
+    if not force_onednn_bf16(monkeypatch):
+        assert_onednn_bf16_refused(lambda: vsr_fast.propagation_step(*args))
+        return
+    out = vsr_fast.propagation_step(*args)
+    assert_layout_like_fake(out, args[0])
+    assert_lowp_close(out, reference.propagation_step(*args), expected)
 
 
 def test_is_the_reference_basicvsr_step(device):

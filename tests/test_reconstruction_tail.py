@@ -13,6 +13,8 @@ from _helpers import (
     assert_gradcheck,
     assert_layout_like_fake,
     assert_lowp_close,
+    assert_onednn_bf16_refused,
+    force_onednn_bf16,
     image,
     poisoned_allocations,
     to,
@@ -184,12 +186,24 @@ def test_float32_gradients_match_the_spec(device):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_by_the_2x_rule(device, dtype):
-    if device == "cpu" and dtype == torch.float16:
-        pytest.skip("float16 convolutions on CPU: not a configuration vsr_fast offers")
     args = make_args()
     expected = reference.reconstruction_tail(*args)
     lowp = cast(args, device, dtype)
     assert_lowp_close(run(lowp), reference.reconstruction_tail(*lowp), expected)
+
+
+@pytest.mark.parametrize("fusion", [False, True], ids=["iconvsr", "basicvsr"])
+def test_bfloat16_onednn_path_when_forced(monkeypatch, fusion):
+    """bf16 through the oneDNN tail (taken by itself on CPUs with bf16 hardware), forced here."""
+    args = make_args(fusion=fusion, forward=fusion)
+    expected = reference.reconstruction_tail(*args)
+    lowp = cast(args, "cpu", torch.bfloat16)
+    if not force_onednn_bf16(monkeypatch):
+        assert_onednn_bf16_refused(lambda: run(lowp))
+        return
+    out = run(lowp)
+    assert out.dtype == torch.bfloat16
+    assert_lowp_close(out, reference.reconstruction_tail(*lowp), expected)
 
 
 def test_weight_updates_are_seen(device):

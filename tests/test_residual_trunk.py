@@ -22,6 +22,8 @@ from _helpers import (
     assert_layout_like_fake,
     assert_lowp_close,
     assert_mixed_meta_refused,
+    assert_onednn_bf16_refused,
+    force_onednn_bf16,
     fused_capable,
     image,
     make_trunk,
@@ -74,6 +76,25 @@ def test_half_precision_within_twice_the_reference_error(trunk_path, dtype, shap
     wl, bl = to(weights, device, dtype), to(biases, device, dtype)
     out = vsr_fast.residual_trunk(xl, wl, bl)
     assert out.dtype == dtype
+    assert_layout_like_fake(out, xl)
+    assert_lowp_close(out, reference.residual_trunk(xl, wl, bl), expected)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_bfloat16_onednn_path_when_forced(monkeypatch, channels_last):
+    """bf16 through oneDNN's fused path (taken by itself on CPUs with bf16 hardware), forced here."""
+    weights, biases = make_trunk(67, 64, blocks=3)
+    x = image((2, 67, 9, 13))
+    expected = reference.residual_trunk(x, weights, biases)
+    xl = x.to(torch.bfloat16)
+    if channels_last:
+        xl = xl.contiguous(memory_format=torch.channels_last)
+    wl, bl = to(weights, "cpu", torch.bfloat16), to(biases, "cpu", torch.bfloat16)
+    if not force_onednn_bf16(monkeypatch):
+        assert_onednn_bf16_refused(lambda: vsr_fast.residual_trunk(xl, wl, bl))
+        return
+    out = vsr_fast.residual_trunk(xl, wl, bl)
+    assert out.dtype == torch.bfloat16
     assert_layout_like_fake(out, xl)
     assert_lowp_close(out, reference.residual_trunk(xl, wl, bl), expected)
 

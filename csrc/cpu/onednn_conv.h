@@ -1,11 +1,13 @@
 // oneDNN convolutions (3x3, stride 1, padding 1) with fused epilogues for the CPU kernels, through
-// ATen's mkldnn pointwise-fusion ops, and the cache of weights reordered into oneDNN's layout.
+// ATen's mkldnn pointwise-fusion ops, and the cache of weights reordered into oneDNN's layout, in the
+// input's dtype (float32; bfloat16 where usable() takes it).
 // Host-only, CPU-only: private to csrc/cpu/.
 #pragma once
 
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/cpu/Utils.h>
 #include <c10/util/intrusive_ptr.h>
 
 #include <cstdlib>
@@ -230,15 +232,38 @@ inline void conv_add_into(const at::Tensor& acc, const at::Tensor& x, const at::
   op.callBoxed(&stack);
 }
 
-// A convolution of x into out_channels channels goes through oneDNN: float32 with oneDNN present,
-// unless VSR_FAST_CPU_TRUNK=aten asks for the plain ATen path. Not without input or output
-// channels: oneDNN cannot describe those convolutions, ATen's give the bias (or an empty output).
+// Whether this CPU has bf16 dot-product hardware (AVX512-BF16 or AMX-BF16): there oneDNN's bf16
+// convolutions run several times faster than float32. Without it oneDNN either refuses bf16 (AVX2:
+// "bf16 path needs the cpu support ...") or emulates it on AVX-512, slower than float32.
+inline bool native_bf16() {
+  static const bool native = [] {
+    const auto caps = at::cpu::get_cpu_capabilities();
+    auto has = [&](const char* name) {
+      const auto it = caps.find(name);
+      return it != caps.end() && it->second.isBool() && it->second.toBool();
+    };
+    return has("avx512_bf16") || has("amx_bf16");
+  }();
+  return native;
+}
+
+// A convolution of x into out_channels channels goes through oneDNN: float32, and bfloat16 on a CPU
+// with native bf16 (VSR_FAST_CPU_BF16=onednn forces it elsewhere, for tests: read per call), with
+// oneDNN present, unless VSR_FAST_CPU_TRUNK=aten asks for the plain ATen path. float16 stays on ATen
+// (which uses oneDNN itself where the CPU has fp16 hardware). Not without input or output channels:
+// oneDNN cannot describe those convolutions, ATen's give the bias (or an empty output).
 inline bool usable(const at::Tensor& x, int64_t out_channels) {
   static const bool disabled = [] {
     const char* v = std::getenv("VSR_FAST_CPU_TRUNK");
     return v != nullptr && std::string(v) == "aten";
   }();
-  return !disabled && x.scalar_type() == at::kFloat && x.size(1) > 0 && out_channels > 0 && at::hasMKLDNN() &&
+  auto dtype_ok = [&] {
+    if (x.scalar_type() == at::kFloat) return true;
+    if (x.scalar_type() != at::kBFloat16) return false;
+    const char* forced = std::getenv("VSR_FAST_CPU_BF16");
+    return native_bf16() || (forced != nullptr && std::string(forced) == "onednn");
+  };
+  return !disabled && x.size(1) > 0 && out_channels > 0 && dtype_ok() && at::hasMKLDNN() &&
          at::globalContext().userEnabledMkldnn();
 }
 

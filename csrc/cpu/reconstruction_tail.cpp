@@ -1,11 +1,12 @@
 // CPU kernel of vsr_fast::reconstruction_tail: BasicVSR / IconVSR's x4 reconstruction tail as one op.
 //
-// float32 with oneDNN: NHWC throughout. BasicVSR's 1x1 fusion is one or two GEMMs over the NHWC rows
-// (no concatenation); each 3x3 convolution is a oneDNN convolution with prepacked weights (the trunk's
-// cache, onednn_conv.h) and its bias + LeakyReLU fused as a post-op; LeakyReLU is elementwise, so it
-// commutes with pixel_shuffle, which is then one strided copy per stage (NHWC [.., 4C] -> [.., 2, 2, C]);
-// conv_last accumulates into the bilinear x4 base of the LR frame (oneDNN's sum post-op), so the
-// residual add costs no pass of its own. Other dtypes: the shared ATen library path.
+// float32 with oneDNN, and bfloat16 on CPUs with bf16 hardware (onednn::usable): NHWC throughout. BasicVSR's
+// 1x1 fusion is one or two GEMMs over the NHWC rows (no concatenation); each 3x3 convolution is a oneDNN
+// convolution with prepacked weights (the trunk's cache, onednn_conv.h) and its bias + LeakyReLU fused as a
+// post-op; LeakyReLU is elementwise, so it commutes with pixel_shuffle, which is then one strided copy per
+// stage (NHWC [.., 4C] -> [.., 2, 2, C]); conv_last accumulates into the bilinear x4 base of the LR frame
+// (oneDNN's sum post-op), so the residual add costs no pass of its own. Other dtypes: the shared ATen library
+// path.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>

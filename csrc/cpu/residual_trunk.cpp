@@ -1,12 +1,12 @@
 // CPU kernel of vsr_fast::residual_trunk (and the trunk body propagation_step runs, cpu_kernels.h).
 //
-// float32 with oneDNN available: NHWC oneDNN convolutions through ATen's mkldnn pointwise-fusion
-// ops, with the epilogues fused into each convolution (bias + LeakyReLU, bias + ReLU, bias +
-// residual add), weights reordered once into oneDNN's blocked layout and cached, and two feature
-// buffers reused for the whole trunk: the residual sum is accumulated in place and the ReLU branch
-// is written into a buffer that is reused block after block (no allocation per layer).
-// Other dtypes (or no oneDNN): the same loop with at::convolution in channels_last and in-place
-// epilogues.
+// float32 with oneDNN available, and bfloat16 on CPUs with bf16 hardware (onednn::usable; the same
+// code in the other dtype): NHWC oneDNN convolutions through ATen's mkldnn pointwise-fusion ops, with the
+// epilogues fused into each convolution (bias + LeakyReLU, bias + ReLU, bias + residual add), weights
+// reordered once into oneDNN's blocked layout and cached, and two feature buffers reused for the whole trunk:
+// the residual sum is accumulated in place and the ReLU branch is written into a buffer that is reused block
+// after block (no allocation per layer). Other dtypes (float16, bfloat16 without bf16 hardware, float64; or
+// no oneDNN): the same loop with at::convolution in channels_last and in-place epilogues.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/empty.h>
