@@ -140,3 +140,30 @@ def test_fast_basicvsr_matches_the_reference_on_real_video(lr_frames, reds4_mode
         expected = reds4_model(lr_frames[None])
         out = fast(lr_frames[None])
     assert_close(out, expected, "float32_chain")
+
+
+# Precision policy targets (issue 11; docs/design.md, "Precision policy"): bf16 loses at most 0.05 dB
+# against the fp32 model and stays >= 50 dB from its output; on all seven frames it measured -0.025 dB
+# and 52.0 dB. Three frames here, not seven: bf16 is emulated on CPUs without bf16 hardware, about a
+# minute per 64x64 frame on the loaded 2-core AVX2 machine.
+BF16_FRAMES = 3
+MAX_BF16_LOSS_DB = 0.05
+MIN_BF16_VS_FP32_DB = 50.0
+
+
+def test_fast_basicvsr_in_bfloat16_on_real_video(lr_frames, hr_frames, reds4_model):
+    """model.to(torch.bfloat16) with the official weights: the policy's quality cost on real frames."""
+    import warnings
+
+    import vsr_fast
+
+    fast = vsr_fast.BasicVSR().eval()
+    fast.load_state_dict(reds4_model.state_dict(), strict=True)
+    lr, hr = lr_frames[:BF16_FRAMES], hr_frames[:BF16_FRAMES]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # bf16 emulated on this CPU
+        fp32 = fast(lr[None])[0].clamp(0, 1)
+        bf16 = fast.to(torch.bfloat16)(lr[None].to(torch.bfloat16))[0].float().clamp(0, 1)
+    loss = _psnr(fp32, hr) - _psnr(bf16, hr)
+    assert loss <= MAX_BF16_LOSS_DB, (loss, _psnr(fp32, hr))
+    assert _psnr(bf16, fp32) >= MIN_BF16_VS_FP32_DB

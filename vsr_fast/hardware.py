@@ -1,24 +1,32 @@
-"""What the machine can run fast: used by `--dtype auto` and the bf16 slow-path warning."""
+"""What the machine can run fast: used by `--dtype auto` and the models' slow-precision warning."""
 
 import torch
 
-__all__ = ["cpu_supports_bf16"]
+__all__ = ["cpu_supports_bf16", "cpu_supports_fp16"]
+
+
+def _cpu_has(*features):
+    """Whether torch's CPU feature detection (cpuinfo, ``torch.cpu.get_capabilities``) reports any of
+    `features`; the C++ kernels ask the same map (csrc/cpu/onednn_conv.h). A torch without it counts
+    as no."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is None:
+        return False
+    try:
+        capabilities = get()
+    except RuntimeError:
+        return False
+    return any(capabilities.get(name, False) is True for name in features)
 
 
 def cpu_supports_bf16():
-    """True when this CPU has bf16 matrix hardware (AVX512-BF16 or AMX), where oneDNN runs bf16
-    convolutions several times faster than fp32; without it bf16 is emulated and far slower.
+    """True when this CPU has bf16 dot-product hardware (AVX512-BF16 or AMX-BF16), where oneDNN runs
+    bf16 convolutions several times faster than fp32 and vsr_fast's CPU kernels take oneDNN's fused
+    bf16 path; without it bf16 is emulated and far slower than fp32."""
+    return _cpu_has("avx512_bf16", "amx_bf16")
 
-    Asks torch's own CPU feature detection (``torch.cpu._is_avx512_bf16_supported`` /
-    ``_is_amx_tile_supported``, private helpers present in the torch releases vsr_fast supports);
-    a torch without them counts as no.
-    """
-    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        check = getattr(torch.cpu, name, None)
-        if check is not None:
-            try:
-                if check():
-                    return True
-            except RuntimeError:
-                pass
-    return False
+
+def cpu_supports_fp16():
+    """True when this CPU has fp16 arithmetic hardware (AVX512-FP16 or AMX-FP16), where ATen's float16
+    convolutions run through oneDNN; without it they are emulated and far slower than fp32."""
+    return _cpu_has("avx512_fp16", "amx_fp16")

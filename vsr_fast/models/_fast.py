@@ -1,8 +1,11 @@
 """What the fast BasicVSR and IconVSR share: one SPyNet batch for both flow directions, the warp, the
 fused tail, and op parameters gathered once per forward call."""
 
+import warnings
+
 import torch
 
+from .. import hardware
 from ..ops import flow_warp, reconstruction_tail
 
 __all__ = ["FastRecurrentMixin", "pixel_flow"]
@@ -25,8 +28,30 @@ class FastRecurrentMixin:
     """
 
     _call_parameters = None
+    _warned_slow_precision = False
+
+    def _warn_if_slow_precision(self, x):
+        """Once per model: bf16 / fp16 on a CPU that has no hardware for it runs emulated, far slower
+        than fp32 (docs/design.md, "Precision policy")."""
+        if self._warned_slow_precision or x.device.type != "cpu":
+            return
+        if x.dtype == torch.bfloat16 and not hardware.cpu_supports_bf16():
+            lacks = "AVX512-BF16/AMX-BF16"
+        elif x.dtype == torch.float16 and not hardware.cpu_supports_fp16():
+            lacks = "AVX512-FP16/AMX-FP16"
+        else:
+            return
+        self._warned_slow_precision = True
+        name = "bfloat16" if x.dtype == torch.bfloat16 else "float16"
+        warnings.warn(
+            f"{type(self).__name__}: running in {name} on a CPU that lacks {lacks}: its {name} "
+            f"convolutions are emulated here, and float32 (model.float()) will be faster",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def forward(self, lrs):
+        self._warn_if_slow_precision(lrs)
         self._call_parameters = {}
         try:
             return super().forward(lrs)
@@ -60,6 +85,11 @@ class FastRecurrentMixin:
     def trunk_parameters(self, trunk):
         """(weights, biases) of a propagation trunk, gathered once per forward call."""
         return self._parameters_of(trunk, trunk.trunk_parameters)
+
+    def pair_flows(self, ref, supp):
+        # the long-video engine calls the hooks, not forward: it warns from here
+        self._warn_if_slow_precision(ref)
+        return super().pair_flows(ref, supp)
 
     def compute_flow(self, lrs):
         """The reference's flows, with both directions' pairs in one SPyNet batch: fewer, larger

@@ -15,7 +15,15 @@ __all__ = ["BasicVSR"]
 
 class BasicVSR(FastRecurrentMixin, reference.BasicVSR):
     """Drop-in for mmagic's BasicVSRNet: ``BasicVSR(mid_channels=64, num_blocks=30,
-    spynet_pretrained=None)``, input (N, T, 3, H, W) RGB in [0, 1], output (N, T, 3, 4H, 4W)."""
+    spynet_pretrained=None)``, input (N, T, 3, H, W) RGB in [0, 1], output (N, T, 3, 4H, 4W).
+
+    Precision (docs/design.md, "Precision policy"): ``model.to(torch.bfloat16)`` / ``model.half()``
+    with input in that dtype runs every convolution in it (float32 accumulation) and keeps states and
+    output in it, while flows and sampling positions stay float32. With the official REDS4 weights on
+    real frames bf16 loses 0.025 dB PSNR against float32 and is 52 dB from the float32 output. On CPU,
+    bf16 pays only with AVX512-BF16 / AMX (``vsr_fast.cpu_supports_bf16()``; the fused oneDNN path is
+    taken there); elsewhere bf16 and fp16 are emulated, far slower than float32, and the model warns.
+    """
 
     spynet_class = SPyNet
 

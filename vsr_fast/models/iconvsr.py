@@ -16,7 +16,13 @@ __all__ = ["IconVSR"]
 
 
 class IconVSR(FastRecurrentMixin, reference.IconVSR):
-    """Drop-in for mmagic's IconVSRNet (same constructor arguments and state-dict keys)."""
+    """Drop-in for mmagic's IconVSRNet (same constructor arguments and state-dict keys).
+
+    Precision: as `vsr_fast.BasicVSR` (docs/design.md, "Precision policy"): convolutions in the
+    model's dtype, flows and sampling positions in float32; the EDVR refill's DCN offsets and masks are
+    outputs of convolutions, so they carry that dtype's rounding (no official IconVSR weights here to
+    measure what that costs). Warns on a CPU without hardware for the dtype.
+    """
 
     spynet_class = SPyNet
     edvr_class = EDVRFeatureExtractor
