@@ -294,7 +294,7 @@ def test_flows_of_both_directions_in_one_batch_match_the_reference(mirrored, mon
 
 LOWP = [torch.bfloat16, torch.float16]
 # PSNR of the low-precision output against the float32 one, the small random models below: measured
-# bf16 57.4 dB (BasicVSR) and 57.3 dB (IconVSR), fp16 75.5 dB (BasicVSR; its 3 more mantissa bits are
+# bf16 57.4 dB (BasicVSR) and 57.3 dB (IconVSR), fp16 75.5 and 75.4 dB (its 3 more mantissa bits are
 # ~18 dB); bf16's threshold is the issue's target on real frames
 MIN_DB_VS_FP32 = {torch.bfloat16: 50.0, torch.float16: 65.0}
 

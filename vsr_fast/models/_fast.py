@@ -33,8 +33,8 @@ class FastRecurrentMixin:
     def _warn_if_slow_precision(self, x):
         """Once per model: bf16 / fp16 on a CPU that has no hardware for it runs emulated, far slower
         than fp32 (docs/design.md, "Precision policy")."""
-        if self._warned_slow_precision or x.device.type != "cpu":
-            return
+        if self._warned_slow_precision or not torch.is_tensor(x) or x.device.type != "cpu":
+            return  # not a tensor: forward's own check names the problem
         if x.dtype == torch.bfloat16 and not hardware.cpu_supports_bf16():
             lacks = "AVX512-BF16/AMX-BF16"
         elif x.dtype == torch.float16 and not hardware.cpu_supports_fp16():
