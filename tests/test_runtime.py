@@ -77,6 +77,18 @@ def test_compiled_models_trace_as_one_graph(kind, lrs):
     assert_like_reference(out, ref, lrs)
 
 
+def test_slow_precision_warning_keeps_one_graph(monkeypatch):
+    """The once-per-model bf16 warning (a CPU without bf16 hardware) is left out while Dynamo traces:
+    warnings.warn would break the graph. Tiny sizes: bf16 is emulated on such CPUs."""
+    monkeypatch.setattr(vsr_fast.hardware, "cpu_supports_bf16", lambda: False)
+    fast = pair("basicvsr", mid_channels=4, num_blocks=1)[0].to(torch.bfloat16)
+    lrs = frames(2, h=16, w=16).to(torch.bfloat16)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = torch.compile(fast, fullgraph=True, backend="eager")(lrs)
+    assert out.shape == (1, 2, 3, 64, 64) and out.dtype == torch.bfloat16 and out.isfinite().all()
+
+
 def test_reference_model_still_compiles():
     """The benchmarks compile the reference; its mirror check and small-input warning split the graph,
     which torch.compile without fullgraph handles."""

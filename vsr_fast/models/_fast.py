@@ -35,6 +35,8 @@ class FastRecurrentMixin:
         than fp32 (docs/design.md, "Precision policy")."""
         if self._warned_slow_precision or not torch.is_tensor(x) or x.device.type != "cpu":
             return  # not a tensor: forward's own check names the problem
+        if torch.compiler.is_compiling():
+            return  # Dynamo cannot trace warnings.warn (a graph break); the eager call warns
         if x.dtype == torch.bfloat16 and not hardware.cpu_supports_bf16():
             lacks = "AVX512-BF16/AMX-BF16"
         elif x.dtype == torch.float16 and not hardware.cpu_supports_fp16():
