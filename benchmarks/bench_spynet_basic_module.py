@@ -34,6 +34,8 @@ prediction, for that design, from one-thread CPU-time runs of the chain alone (6
 whole SPyNet 1.05-1.15x main's. Results: benchmarks/results/spynet_basic_module_cpu_2core.md.
 """
 
+import time
+
 import pytest
 import torch
 
@@ -122,3 +124,58 @@ def test_spynet(run_case, device, pairs, impl):
         torch.device(device),
         rounds=5 if device == "cpu" else None,
     )
+
+
+def _interleaved(fns, rounds):
+    """Median seconds per implementation over `rounds` rounds that run every implementation once, in
+    turn: on a shared machine whose speed drifts, only such ratios mean something."""
+    times = {name: [] for name in fns}
+    with torch.no_grad():
+        for fn in fns.values():
+            fn()  # warm-up (compilation, first touches of memory)
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+@pytest.mark.parametrize("level", list(LEVELS))
+def test_spynet_level_interleaved(record_value, level):
+    """The op against the reference module, NCHW and channels_last, interleaved: ratios (the module's
+    median time / the op's)."""
+    torch.manual_seed(0)
+    module = reference.SPyNetBasicModule().eval()
+    weights, biases = module.conv_parameters()
+    h, w = LEVELS[level]
+    x = torch.rand(PAIRS["pairs8"], 8, h, w, generator=torch.Generator().manual_seed(1))
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    median = _interleaved(
+        {
+            "vsr_fast": lambda: vsr_fast.spynet_basic_module(x, weights, biases),
+            "reference": lambda: module(x),
+            "reference_channels_last": lambda: module(x_cl),
+        },
+        rounds=max(7, min(100, int(2e7 / (h * w)))),
+    )
+    group = f"spynet_basic_module fp32 [8, 8, {h}, {w}] cpu, interleaved ratio to vsr_fast"
+    for name in ("reference", "reference_channels_last"):
+        record_value(group, name, round(median[name] / median["vsr_fast"], 3))
+
+
+def test_spynet_interleaved(record_value):
+    """The whole SPyNet, 8 pairs of 64x112, interleaved: ratios of main's fast SPyNet and the reference
+    SPyNet to the fast one."""
+    torch.manual_seed(0)
+    nets = {"vsr_fast": vsr_fast.SPyNet(), "main_fast": MainFastSPyNet(), "reference": reference.SPyNet()}
+    for net in nets.values():
+        net.load_state_dict(nets["vsr_fast"].state_dict())
+        net.eval()
+    g = torch.Generator().manual_seed(1)
+    a, b = (torch.rand(PAIRS["pairs8"], 3, *FRAME, generator=g) for _ in range(2))
+    median = _interleaved({name: (lambda net=net: net(a, b)) for name, net in nets.items()}, rounds=9)
+    group = f"SPyNet fp32 8 pairs of {FRAME[0]}x{FRAME[1]} cpu, interleaved ratio to vsr_fast"
+    for name in ("main_fast", "reference"):
+        record_value(group, name, round(median[name] / median["vsr_fast"], 3))
+    record_value(group, "vsr_fast_median_ms", round(median["vsr_fast"] * 1e3, 1))
