@@ -76,6 +76,10 @@ TORCH_LIBRARY(vsr_fast, m) {
   m.def(
       "reconstruction_tail(Tensor lr, Tensor feat, Tensor? feat_forward, Tensor? fusion_weight, "
       "Tensor? fusion_bias, Tensor[] weights, Tensor[] biases) -> Tensor");
+  // One pyramid level of SPyNet (its basic module): five 7x7 convolutions, stride 1, padding 3, with bias,
+  // a ReLU after each but the last (8 -> 32 -> 64 -> 32 -> 16 -> 2 channels in the official network).
+  // x [N, C_in, H, W] -> [N, C_out of weights[4], H, W].
+  m.def("spynet_basic_module(Tensor x, Tensor[] weights, Tensor[] biases) -> Tensor");
   // DCNv2 (EDVR's ModulatedDCNPack): offsets [N, 2 * deform_groups * kh * kw, H_out, W_out] in the
   // mmcv/torchvision layout (y then x per tap), mask [N, deform_groups * kh * kw, H_out, W_out] (already
   // through its sigmoid). Only groups=1. Returns (grad_x, grad_offset, grad_mask, grad_weight, grad_bias);

@@ -20,6 +20,7 @@ from .ops import (
     propagation_step,
     reconstruction_tail,
     residual_trunk,
+    spynet_basic_module,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "modulated_deform_conv",
     "residual_trunk",
     "propagation_step",
+    "spynet_basic_module",
     "checkpoint",
     "hardware",
     "inference",

@@ -6,6 +6,7 @@ from .modulated_deform_conv import modulated_deform_conv
 from .propagation_step import propagation_step
 from .reconstruction_tail import reconstruction_tail
 from .residual_trunk import residual_trunk
+from .spynet_basic_module import spynet_basic_module
 
 __all__ = [
     "flow_warp",
@@ -14,4 +15,5 @@ __all__ = [
     "residual_trunk",
     "propagation_step",
     "reconstruction_tail",
+    "spynet_basic_module",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "check_keyframe_fusion_args",
     "check_propagation_step_args",
     "check_residual_trunk_args",
+    "check_spynet_basic_module_args",
     "check_trunk_weights",
     "require_tensor",
     "require_tensors",
@@ -340,6 +341,68 @@ def check_keyframe_fusion_args(state, refill, weight, bias):
         refill.device,
     )
     check_trunk_weights(op, [weight], [bias], state.size(1) + refill.size(1), state)
+
+
+# ---- spynet_basic_module (csrc/include/vsr_fast/spynet_basic_module.h) ---------------------------
+
+
+def check_spynet_basic_module_args(x, weights, biases):
+    op = "vsr_fast::spynet_basic_module"
+    _check(x.dim() == 4, op, ": expected x [N, C_in, H, W], got ", _sizes(x))
+    _check(x.dtype.is_floating_point, op, ": expected a floating dtype, got ", _dtype(x))
+    _check(
+        len(weights) == 5 and len(biases) == 5,
+        op,
+        ": expected 5 weights and 5 biases (the five 7x7 convolutions), got ",
+        len(weights),
+        " and ",
+        len(biases),
+    )
+    channels = x.size(1)
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        _check(
+            w.dim() == 4 and w.size(1) == channels and w.size(2) == 7 and w.size(3) == 7,
+            op,
+            f": weights[{i}] must be [C_out, {channels}, 7, 7], got ",
+            _sizes(w),
+        )
+        _check(
+            b.dim() == 1 and b.size(0) == w.size(0),
+            op,
+            f": biases[{i}] must be [{w.size(0)}], got ",
+            _sizes(b),
+        )
+        _check(
+            w.dtype == x.dtype and b.dtype == x.dtype,
+            op,
+            ": weights and biases must have x's dtype ",
+            _dtype(x),
+            ", got ",
+            _dtype(w),
+            " / ",
+            _dtype(b),
+            " at index ",
+            i,
+        )
+        _check(
+            w.device == x.device and b.device == x.device,
+            op,
+            ": weights and biases must be on x's device ",
+            x.device,
+            ", got ",
+            w.device,
+            " / ",
+            b.device,
+            " at index ",
+            i,
+        )
+        _check(
+            channels > 0 and w.size(0) > 0,
+            op,
+            f": weights[{i}] must have input and output channels, got ",
+            _sizes(w),
+        )
+        channels = w.size(0)
 
 
 # ---- the public wrappers -------------------------------------------------------------------------

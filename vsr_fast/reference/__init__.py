@@ -15,6 +15,7 @@ from .propagation_step import propagation_step
 from .reconstruction_tail import reconstruction_tail
 from .residual_trunk import residual_trunk
 from .spynet import SPyNet, SPyNetBasicModule
+from .spynet_basic_module import spynet_basic_module
 
 __all__ = [
     "flow_warp",
@@ -22,6 +23,7 @@ __all__ = [
     "propagation_step",
     "keyframe_fusion",
     "reconstruction_tail",
+    "spynet_basic_module",
     "SPyNet",
     "SPyNetBasicModule",
     "BasicVSR",

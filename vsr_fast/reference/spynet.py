@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .blocks import ConvModule, load_pretrained
 from .flow_warp import flow_warp
+from .spynet_basic_module import spynet_basic_module
 
 __all__ = ["SPyNet", "SPyNetBasicModule"]
 
@@ -19,7 +20,10 @@ _STD = (0.229, 0.224, 0.225)
 
 
 class SPyNetBasicModule(nn.Module):
-    """One pyramid level: five 7x7 convs 8-32-64-32-16-2 with ReLU between them."""
+    """One pyramid level: five 7x7 convs 8-32-64-32-16-2 with ReLU between them.
+
+    The layers hold the parameters (under mmagic's key names); the maths is `spynet_basic_module`'s,
+    the spec of the op of that name."""
 
     def __init__(self):
         super().__init__()
@@ -31,17 +35,24 @@ class SPyNetBasicModule(nn.Module):
             ConvModule(16, 2, 7, 1, 3, act=None),
         )
 
+    def conv_parameters(self):
+        """(weights, biases) of the five convolutions, as `spynet_basic_module` takes them."""
+        convs = [layer.conv for layer in self.basic_module]
+        return [conv.weight for conv in convs], [conv.bias for conv in convs]
+
     def forward(self, tensor_input):
         """(N, 8, H, W) = cat[ref, warped supp, upsampled flow] -> flow residue (N, 2, H, W)."""
-        return self.basic_module(tensor_input)
+        return spynet_basic_module(tensor_input, *self.conv_parameters())
 
 
 class SPyNet(nn.Module):
     """Six-level spatial pyramid flow network; ``basic_module[0]`` is the coarsest (1/32) level."""
 
+    basic_module_class = SPyNetBasicModule  # the fast SPyNet's levels run vsr_fast's op
+
     def __init__(self, pretrained=None):
         super().__init__()
-        self.basic_module = nn.ModuleList([SPyNetBasicModule() for _ in range(6)])
+        self.basic_module = nn.ModuleList([self.basic_module_class() for _ in range(6)])
         # mean/std are constants; standalone SPyNet files do not contain them (the official code
         # registers them after loading), vsr_fast.checkpoint treats them as optional
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1))
