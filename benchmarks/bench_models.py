@@ -27,8 +27,9 @@ Why interleaved: the VMs this runs on drift by tens of percent within minutes, s
 every implementation once, in an order that rotates, and each gets the median of its rounds
 (conftest.py, run_interleaved). Rounds: VSR_FAST_BENCH_MODEL_ROUNDS (default 5).
 
-Every implementation's output is checked before it is timed: fp32 ones within 1e-4 of the reference;
-reduced precisions are reported as PSNR against the fp32 reference output. Peak memory: on CPU the
+Every implementation's output is compared with the reference's before it is timed (max |difference|
+and PSNR, printed); vsr_fast fp32 must be within 1e-4 of it. (OpenVINO f32 was not, on the REDS4
+clip: 0.052, 2026-12-01; with random weights on small clips it matched to 2.4e-7.) Peak memory: on CPU the
 growth of the peak RSS over one call, each implementation in a fresh process (`test_peak_rss`; in one
 process the allocator's cached pages would hide it); on CUDA the peak allocated bytes of one call.
 
@@ -204,12 +205,11 @@ def test_model(run_interleaved, record_value, ir_dir, device, model):
     expected = impls["reference"][0](impls["reference"][1])
     for name, (fn, x) in impls.items():
         out = fn(x).to(expected.device)
-        if x.dtype == torch.float32:
-            error = (out - expected).abs().max().item()
+        error = (out.float() - expected).abs().max().item()
+        record_value(f"{group}: max |difference| from the reference output", name, float(f"{error:.3g}"))
+        record_value(f"{group}: PSNR vs the fp32 reference output (dB)", name, round(psnr(out, expected), 2))
+        if name == "vsr_fast":  # ours is held to the issue's bound; the others' accuracy is reported
             assert error <= 1e-4, f"{name}: max |difference| {error:.3g} from the reference"
-        else:
-            quality = round(psnr(out, expected), 2)
-            record_value(f"{group}: PSNR vs the fp32 reference output (dB)", name, quality)
     rounds = int(os.environ.get("VSR_FAST_BENCH_MODEL_ROUNDS", 5))
     calls = {name: (lambda fn=fn, x=x: fn(x)) for name, (fn, x) in impls.items()}
     run_interleaved(group, calls, torch.device(device), rounds, frames=CLIPS[device][1])
