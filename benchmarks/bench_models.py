@@ -203,16 +203,19 @@ def test_model(run_interleaved, record_value, ir_dir, device, model):
     weights = reference_model(model, "cpu")[1]
     group = f"{model} c64b30 {weights} clip {list(CLIPS[device])} {device}"
     expected = impls["reference"][0](impls["reference"][1])
+    accuracy = {}
     for name, (fn, x) in impls.items():
         out = fn(x).to(expected.device)
         error = (out.float() - expected).abs().max().item()
-        record_value(f"{group}: max |difference| from the reference output", name, float(f"{error:.3g}"))
-        record_value(f"{group}: PSNR vs the fp32 reference output (dB)", name, round(psnr(out, expected), 2))
+        accuracy[name] = (float(f"{error:.3g}"), round(psnr(out, expected), 2))
         if name == "vsr_fast":  # ours is held to the issue's bound; the others' accuracy is reported
             assert error <= 1e-4, f"{name}: max |difference| {error:.3g} from the reference"
     rounds = int(os.environ.get("VSR_FAST_BENCH_MODEL_ROUNDS", 5))
     calls = {name: (lambda fn=fn, x=x: fn(x)) for name, (fn, x) in impls.items()}
     run_interleaved(group, calls, torch.device(device), rounds, frames=CLIPS[device][1])
+    for name, (error, quality) in accuracy.items():  # after the timing: it holds the benchmark fixture
+        record_value(f"{group}: max |difference| from the reference output", name, error)
+        record_value(f"{group}: PSNR vs the fp32 reference output (dB)", name, quality)
     if device == "cuda":
         for name, (fn, x) in impls.items():
             torch.cuda.synchronize()
