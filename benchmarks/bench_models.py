@@ -54,6 +54,8 @@ import torch
 import vsr_fast
 from vsr_fast import reference
 
+from propagation_step_memory import rss_kib  # benchmarks/ is on sys.path, here and under pytest
+
 CLIPS = {"cpu": (1, 10, 3, 64, 112), "cuda": (1, 100, 3, 180, 320)}
 MODELS = {
     "basicvsr": (vsr_fast.BasicVSR, reference.BasicVSR, {}),
@@ -246,14 +248,6 @@ def test_peak_rss(record_value, ir_dir, model):
         record_value(group, name, float(result.stdout.split()[-1]))
 
 
-def _rss_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _peak_rss_of_one_call(name, model, ir_dir):
     """In a fresh process: one call to warm up, reset the peak RSS (VmHWM, through
     /proc/self/clear_refs), a second call, print the growth of the peak in MiB."""
@@ -261,9 +255,9 @@ def _peak_rss_of_one_call(name, model, ir_dir):
     fn(x)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    base = _rss_kib("VmRSS")
+    base = rss_kib("VmRSS")
     fn(x)
-    print(f"{(_rss_kib('VmHWM') - base) / 1024:.1f}")
+    print(f"{(rss_kib('VmHWM') - base) / 1024:.1f}")
 
 
 if __name__ == "__main__":
