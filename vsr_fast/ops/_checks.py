@@ -69,6 +69,34 @@ def _defined(t):
     return "a tensor" if t is not None else "None"
 
 
+def _check_weight_matches(op, i, w, b, like, whose):
+    """weights[i] and biases[i] in `like`'s dtype and on its device; `whose` names `like` in the message."""
+    _check(
+        w.dtype == like.dtype and b.dtype == like.dtype,
+        op,
+        f": weights and biases must have {whose} dtype ",
+        _dtype(like),
+        ", got ",
+        _dtype(w),
+        " / ",
+        _dtype(b),
+        " at index ",
+        i,
+    )
+    _check(
+        w.device == like.device and b.device == like.device,
+        op,
+        f": weights and biases must be on {whose} device ",
+        like.device,
+        ", got ",
+        w.device,
+        " / ",
+        b.device,
+        " at index ",
+        i,
+    )
+
+
 # ---- flow_warp (csrc/include/vsr_fast/flow_warp.h) ------------------------------------------------
 
 
@@ -190,30 +218,7 @@ def check_trunk_weights(op, weights, biases, in_channels, like):
             _sizes(w),
         )
         _check(b.dim() == 1 and b.size(0) == c, op, f": biases[{i}] must be [{c}], got ", _sizes(b))
-        _check(
-            w.dtype == like.dtype and b.dtype == like.dtype,
-            op,
-            ": weights and biases must have the input's dtype ",
-            _dtype(like),
-            ", got ",
-            _dtype(w),
-            " / ",
-            _dtype(b),
-            " at index ",
-            i,
-        )
-        _check(
-            w.device == like.device and b.device == like.device,
-            op,
-            ": weights and biases must be on the input's device ",
-            like.device,
-            ", got ",
-            w.device,
-            " / ",
-            b.device,
-            " at index ",
-            i,
-        )
+        _check_weight_matches(op, i, w, b, like, "the input's")
     _check(
         in_channels > 0 and c > 0,
         op,
@@ -372,30 +377,7 @@ def check_spynet_basic_module_args(x, weights, biases):
             f": biases[{i}] must be [{w.size(0)}], got ",
             _sizes(b),
         )
-        _check(
-            w.dtype == x.dtype and b.dtype == x.dtype,
-            op,
-            ": weights and biases must have x's dtype ",
-            _dtype(x),
-            ", got ",
-            _dtype(w),
-            " / ",
-            _dtype(b),
-            " at index ",
-            i,
-        )
-        _check(
-            w.device == x.device and b.device == x.device,
-            op,
-            ": weights and biases must be on x's device ",
-            x.device,
-            ", got ",
-            w.device,
-            " / ",
-            b.device,
-            " at index ",
-            i,
-        )
+        _check_weight_matches(op, i, w, b, x, "x's")
         _check(
             channels > 0 and w.size(0) > 0,
             op,
