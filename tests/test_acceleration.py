@@ -44,29 +44,29 @@ def reference_model(kind, seed=0, padding=2, keyframe_stride=5):
     return reference.IconVSR(**SMALL, padding=padding, keyframe_stride=keyframe_stride).eval()
 
 
+# (source, kind) -> the official class's name and attributes, each attribute as {official name: the
+# reference model's attribute it holds}
+OFFICIAL = {
+    ("mmagic", "basicvsr"): ("BasicVSRNet", {"mid_channels": "mid_channels"}),
+    ("mmagic", "iconvsr"): (
+        "IconVSRNet",
+        {"mid_channels": "mid_channels", "padding": "padding", "keyframe_stride": "keyframe_stride"},
+    ),
+    ("basicsr", "basicvsr"): ("BasicVSR", {"num_feat": "mid_channels"}),
+    ("basicsr", "iconvsr"): (
+        "IconVSR",
+        {"num_feat": "mid_channels", "temporal_padding": "padding", "keyframe_stride": "keyframe_stride"},
+    ),
+}
+
+
 def official(source, kind, ref):
     """The stand-in of the official `source` ('mmagic' / 'basicsr') class with `ref`'s weights."""
+    class_name, attributes = OFFICIAL[source, kind]
     sd = ref.state_dict()
-    if source == "mmagic":
-        if kind == "basicvsr":
-            return stand_in("BasicVSRNet", sd, mid_channels=ref.mid_channels)
-        return stand_in(
-            "IconVSRNet",
-            sd,
-            mid_channels=ref.mid_channels,
-            padding=ref.padding,
-            keyframe_stride=ref.keyframe_stride,
-        )
-    sd = convert_state_dict(sd, "basicsr")
-    if kind == "basicvsr":
-        return stand_in("BasicVSR", sd, num_feat=ref.mid_channels)
-    return stand_in(
-        "IconVSR",
-        sd,
-        num_feat=ref.mid_channels,
-        temporal_padding=ref.padding,
-        keyframe_stride=ref.keyframe_stride,
-    )
+    if source == "basicsr":
+        sd = convert_state_dict(sd, "basicsr")
+    return stand_in(class_name, sd, **{name: getattr(ref, ours) for name, ours in attributes.items()})
 
 
 def outputs(model, lrs):
