@@ -112,6 +112,16 @@ def to(tensors, device, dtype):
     return [None if t is None else t.to(device=device, dtype=dtype) for t in tensors]
 
 
+def strided_view_of_nan_buffer(t, device, dtype=torch.float32):
+    """`t` (None stays None) as every other element of the last dimension of a NaN-filled buffer on
+    `device` in `dtype`: an op that reads outside the view, or assumes a unit stride, gets NaNs."""
+    if t is None:
+        return None
+    big = torch.full((*t.shape[:-1], 2 * t.shape[-1] + 1), float("nan"), dtype=dtype, device=device)
+    big[..., 1::2] = t.to(device=device, dtype=dtype)
+    return big[..., 1::2]
+
+
 def assert_layout_like_fake(out, like):
     """The op's output strides are its fake kernel's (torch.empty in suggest_memory_format(like)) along
     every dimension longer than 1, as torch's own fake-tensor checks compare them: the stride of a
@@ -232,3 +242,4 @@ def run_python(code, timeout=600):
         env=env,
         cwd=tempfile.gettempdir(),
     )
+

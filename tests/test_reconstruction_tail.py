@@ -17,6 +17,7 @@ from _helpers import (
     force_onednn_bf16,
     image,
     poisoned_allocations,
+    strided_view_of_nan_buffer,
     to,
 )
 
@@ -115,13 +116,7 @@ def test_strided_views_of_nan_filled_buffers(device):
     expected = reference.reconstruction_tail(*args)
 
     def strided(t):
-        if t is None:
-            return None
-        big = torch.full(
-            (*t.shape[:-1], 2 * t.shape[-1] + 1), float("nan"), dtype=torch.float32, device=device
-        )
-        big[..., 1::2] = t.to(device=device, dtype=torch.float32)
-        return big[..., 1::2]
+        return strided_view_of_nan_buffer(t, device)
 
     lr, feat, forward, fw, fb, weights, biases = args
     out = run(

@@ -19,6 +19,7 @@ from _helpers import (
     assert_mixed_meta_refused,
     image,
     poisoned_allocations,
+    strided_view_of_nan_buffer,
     to,
 )
 
@@ -90,11 +91,7 @@ def test_strided_views_of_nan_filled_buffers(device):
     expected = reference.spynet_basic_module(*args)
 
     def strided(t):
-        big = torch.full(
-            (*t.shape[:-1], 2 * t.shape[-1] + 1), float("nan"), dtype=torch.float32, device=device
-        )
-        big[..., 1::2] = t.to(device=device, dtype=torch.float32)
-        return big[..., 1::2]
+        return strided_view_of_nan_buffer(t, device)
 
     x, weights, biases = args
     out = run((strided(x), [strided(w) for w in weights], [strided(b) for b in biases]))
