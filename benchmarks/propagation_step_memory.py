@@ -6,21 +6,18 @@ Prints the growth of the peak RSS over the loop in MiB (VmHWM is reset after set
 """
 
 import sys
+from pathlib import Path
 
 import torch
 
 import vsr_fast
 from vsr_fast import reference
 
+# appended, not prepended: tests/ holds a conftest.py and test modules a benchmark session must not see first
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from _helpers import rss_kib  # noqa: E402  (also bench_models' import of it)
+
 STEPS = 20
-
-
-def rss_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def main(impl, n, c_in, h, w):

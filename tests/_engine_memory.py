@@ -13,17 +13,11 @@ import torch
 
 import vsr_fast
 
+from _helpers import rss_kib  # tests/ is sys.path[0]: this script runs from there
+
 SIZE = 32  # HR 128x128: the x4 tail, the costliest part here, stays cheap
 # enough for the segment's states and those in flight, far less than a clip's worth
 SEGMENT_STATES = 8
-
-
-def rss_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def frames(t):

@@ -243,3 +243,12 @@ def run_python(code, timeout=600):
         cwd=tempfile.gettempdir(),
     )
 
+
+def rss_kib(field):
+    """This process's VmRSS or VmHWM (peak RSS) in KiB, from /proc/self/status (Linux). Also what the
+    memory benchmarks read (benchmarks/propagation_step_memory.py), which is why it lives here."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
