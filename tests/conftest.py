@@ -50,14 +50,19 @@ def device(request):
 
 
 @pytest.fixture(
-    params=["cpu"]
+    params=["cpu", "cpu-onednn"]
     + [pytest.param(f"cuda-{impl}", marks=pytest.mark.cuda) for impl in ("library", "fused", "auto")]
 )
 def trunk_path(request, monkeypatch):
-    """(device, impl): the CPU kernel, and the CUDA trunk once per VSR_FAST_TRUNK_IMPL path (impl None
-    on CPU). `fused` is skipped below sm_80 (it has no kernel there) and, being forced, raises for
-    inputs it does not support."""
+    """(device, impl): the CPU kernel as it chooses (float32 by Winograd where the CPU has AVX2 + FMA)
+    and with its convolutions kept on oneDNN (VSR_FAST_CPU_CONV=onednn), and the CUDA trunk once per
+    VSR_FAST_TRUNK_IMPL path (impl None on CPU). `fused` is skipped below sm_80 (it has no kernel
+    there) and, being forced, raises for inputs it does not support."""
     device, _, impl = request.param.partition("-")
+    if device == "cpu":
+        if impl:
+            monkeypatch.setenv("VSR_FAST_CPU_CONV", impl)
+        return torch.device(device), None
     if impl:
         if impl == "fused" and not fused_capable():
             pytest.skip("the fused residual-block kernel needs compute capability >= 8.0")

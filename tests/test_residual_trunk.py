@@ -62,6 +62,48 @@ def test_float32_matches_float64_reference(trunk_path, shape, channels_last, blo
     assert_close(out.cpu(), expected, "float32_chain")
 
 
+# The CPU's float32 convolutions by Winograd F(4x4, 3x3) (csrc/cpu/winograd_conv.h): output tiles
+# of 4x4 that overhang the image on either axis, a single tile, fewer tiles than a micro-kernel's
+# six rows, input channels not a multiple of the 8-lane vector, and output channel counts that take
+# the 8-wide micro-kernel (8, 24) besides the 16-wide one.
+WINOGRAD_CASES = [
+    ((1, 3, 1, 1), 8),
+    ((2, 5, 5, 6), 24),
+    ((1, 67, 13, 4), 64),
+    ((1, 16, 4, 30), 16),
+    ((3, 9, 7, 9), 40),
+]
+
+
+@pytest.mark.parametrize("conv", ["default", "onednn"])
+@pytest.mark.parametrize(("shape", "channels"), WINOGRAD_CASES, ids=str)
+def test_cpu_float32_convolution_paths_match_the_reference(monkeypatch, conv, shape, channels):
+    if conv == "onednn":
+        monkeypatch.setenv("VSR_FAST_CPU_CONV", "onednn")
+    weights, biases = make_trunk(shape[1], channels, blocks=2)
+    x = image(shape, low=-1.0)
+    expected = reference.residual_trunk(x, weights, biases)
+    xf = x.float().contiguous(memory_format=torch.channels_last)
+    out = vsr_fast.residual_trunk(xf, to(weights, "cpu", torch.float32), to(biases, "cpu", torch.float32))
+    assert_close(out, expected, "float32_chain")
+
+
+def test_cpu_float32_takes_winograd_where_the_cpu_has_avx2(monkeypatch):
+    """Where the CPU has AVX2 + FMA, the default float32 path is not oneDNN's: the two round
+    differently, so their outputs differ in some bits (both are held to the reference above).
+    Elsewhere they are the same code, bit for bit."""
+    weights, biases = make_trunk(64, 64, blocks=1)
+    x = image((1, 64, 12, 20)).float().contiguous(memory_format=torch.channels_last)
+    args = (x, to(weights, "cpu", torch.float32), to(biases, "cpu", torch.float32))
+    default = vsr_fast.residual_trunk(*args)
+    monkeypatch.setenv("VSR_FAST_CPU_CONV", "onednn")
+    onednn = vsr_fast.residual_trunk(*args)
+    if vsr_fast.hardware.cpu_supports_avx2_fma():
+        assert not torch.equal(default, onednn)
+    else:
+        assert torch.equal(default, onednn)
+
+
 @pytest.mark.parametrize("dtype", LOWP, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

@@ -2,10 +2,10 @@
 
 import torch
 
-__all__ = ["cpu_supports_bf16", "cpu_supports_fp16"]
+__all__ = ["cpu_supports_avx2_fma", "cpu_supports_bf16", "cpu_supports_fp16"]
 
 
-def _cpu_has(*features):
+def _cpu_has(*features, every=False):
     """Whether torch's CPU feature detection (cpuinfo, ``torch.cpu.get_capabilities``) reports any of
     `features`; the C++ kernels ask the same map (csrc/cpu/onednn_conv.h). A torch without it counts
     as no."""
@@ -16,7 +16,15 @@ def _cpu_has(*features):
         capabilities = get()
     except RuntimeError:
         return False
-    return any(capabilities.get(name, False) is True for name in features)
+    found = [capabilities.get(name, False) is True for name in features]
+    return all(found) if every else any(found)
+
+
+def cpu_supports_avx2_fma():
+    """True when this CPU has AVX2 and FMA, where vsr_fast's float32 CPU convolutions (3x3, in the
+    trunks and the reconstruction tail) run by Winograd F(4x4, 3x3) rather than through oneDNN. The
+    C++ kernels ask the compiler's own CPU check (csrc/cpu/cpu_dispatch.h), which reads the same bits."""
+    return _cpu_has("avx2", "fma3", every=True)
 
 
 def cpu_supports_bf16():

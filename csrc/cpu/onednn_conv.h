@@ -39,10 +39,11 @@ inline const std::vector<int64_t> kOnes = {1, 1};
 
 struct PackKey {
   const c10::TensorImpl* impl;
+  int64_t kind;  // which packing: kOneDnnReorder, or another packer's own number (Winograd's)
   int64_t n, h, w;
   int64_t in_begin, in_count;  // the slice of input channels packed (a split convolution's half)
   bool operator==(const PackKey& o) const {
-    return impl == o.impl && n == o.n && h == o.h && w == o.w && in_begin == o.in_begin &&
+    return impl == o.impl && kind == o.kind && n == o.n && h == o.h && w == o.w && in_begin == o.in_begin &&
            in_count == o.in_count;
   }
 };
@@ -50,7 +51,7 @@ struct PackKey {
 struct PackKeyHash {
   size_t operator()(const PackKey& k) const {
     return std::hash<const void*>()(k.impl) ^
-           (std::hash<int64_t>()(((k.n * 1000003 + k.h) * 1009 + k.w) * 31 + k.in_begin) << 1);
+           (std::hash<int64_t>()((((k.n * 1000003 + k.h) * 1009 + k.w) * 31 + k.in_begin) * 7 + k.kind) << 1);
   }
 };
 
@@ -90,19 +91,42 @@ class PackedWeights {
   static constexpr size_t kMaxBytes = size_t{256} << 20;  // ~14 c64b30 trunks (18 MB at one input size)
   static constexpr uint64_t kPruneEvery = 256;
 
+  static constexpr int64_t kOneDnnReorder = 0;
+
   // `weight` reordered for inputs [n, in_count, h, w]; in_count < 0: all of its input channels,
   // else the slice [in_begin, in_begin + in_count) of them.
   at::Tensor get(const at::Tensor& weight, int64_t n, int64_t h, int64_t w, int64_t in_begin = 0,
                  int64_t in_count = -1) {
     if (in_count < 0) in_count = weight.size(1) - in_begin;
-    const at::Tensor slice = weight.detach().narrow(1, in_begin, in_count);
-    // VSR_FAST_CPU_WEIGHT_CACHE=0: reorder on every call (read per call, so a benchmark can time
+    return get_packed(weight,
+                      PackKey{weight.unsafeGetTensorImpl(), kOneDnnReorder, n, h, w, in_begin, in_count},
+                      [&](const at::Tensor& dense) { return reorder(dense, n, in_count, h, w); });
+  }
+
+  // The whole `weight` packed by `pack` (a function of its dense copy), cached under `kind`: for
+  // packings other than oneDNN's that need no input shape (winograd_conv.h).
+  template <typename Pack>
+  at::Tensor get(const at::Tensor& weight, int64_t kind, Pack&& pack) {
+    return get_packed(weight, PackKey{weight.unsafeGetTensorImpl(), kind, 0, 0, 0, 0, weight.size(1)}, pack);
+  }
+
+  // For tests (vsr_fast::_cpu_weight_cache_stats): entries and bytes held now (after dropping
+  // those of freed weights), and the bound on the bytes.
+  std::vector<int64_t> stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    drop_dead();
+    return {static_cast<int64_t>(entries_.size()), static_cast<int64_t>(bytes_),
+            static_cast<int64_t>(kMaxBytes)};
+  }
+
+ private:
+  template <typename Pack>
+  at::Tensor get_packed(const at::Tensor& weight, const PackKey& key, Pack&& pack) {
+    const at::Tensor slice = weight.detach().narrow(1, key.in_begin, key.in_count);
+    // VSR_FAST_CPU_WEIGHT_CACHE=0: pack on every call (read per call, so a benchmark can time
     // both in one process: benchmarks/bench_residual_trunk.py::test_trunk_weight_cache)
     const char* setting = std::getenv("VSR_FAST_CPU_WEIGHT_CACHE");
-    if (setting != nullptr && std::string(setting) == "0") {
-      return reorder(slice.contiguous(), n, in_count, h, w);
-    }
-    const PackKey key{weight.unsafeGetTensorImpl(), n, h, w, in_begin, in_count};
+    if (setting != nullptr && std::string(setting) == "0") return pack(slice.contiguous());
     at::Tensor packed_from, packed;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -120,7 +144,7 @@ class PackedWeights {
     // Packed from a private copy, so the entry describes exactly the bytes it was made from. (The
     // reorder also misreads strided weights, found by tests/test_residual_trunk.py: the copy is dense.)
     packed_from = slice.clone(at::MemoryFormat::Contiguous);
-    packed = reorder(packed_from, n, in_count, h, w);
+    packed = pack(packed_from);
     const size_t bytes = packed_from.nbytes() + packed.nbytes();
 
     std::lock_guard<std::mutex> lock(mutex_);
@@ -137,16 +161,6 @@ class PackedWeights {
     return packed;
   }
 
-  // For tests (vsr_fast::_cpu_weight_cache_stats): entries and bytes held now (after dropping
-  // those of freed weights), and the bound on the bytes.
-  std::vector<int64_t> stats() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    drop_dead();
-    return {static_cast<int64_t>(entries_.size()), static_cast<int64_t>(bytes_),
-            static_cast<int64_t>(kMaxBytes)};
-  }
-
- private:
   static at::Tensor reorder(const at::Tensor& dense, int64_t n, int64_t in_count, int64_t h, int64_t w) {
     static const c10::OperatorHandle& op =
         c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "");

@@ -3,7 +3,8 @@
 // float32 with oneDNN, and bfloat16 on CPUs with bf16 hardware (onednn::usable): NHWC throughout. BasicVSR's
 // 1x1 fusion is one or two GEMMs over the NHWC rows (no concatenation); each 3x3 convolution is a oneDNN
 // convolution with prepacked weights (the trunk's cache, onednn_conv.h) and its bias + LeakyReLU fused as a
-// post-op; LeakyReLU is elementwise, so it commutes with pixel_shuffle, which is then one strided copy per
+// post-op (in float32 on AVX2 + FMA, all but conv_last by Winograd instead: winograd_conv.h); LeakyReLU is
+// elementwise, so it commutes with pixel_shuffle, which is then one strided copy per
 // stage (NHWC [.., 4C] -> [.., 2, 2, C]); conv_last accumulates into the bilinear x4 base of the LR frame
 // (oneDNN's sum post-op), so the residual add costs no pass of its own. Other dtypes: the shared ATen library
 // path.
@@ -16,6 +17,7 @@
 
 #include "onednn_conv.h"
 #include "vsr_fast/reconstruction_tail.h"
+#include "winograd_conv.h"
 
 namespace vsr_fast {
 namespace {
@@ -27,8 +29,6 @@ at::Tensor tail_onednn(const at::Tensor& lr, const at::Tensor& feat,
                        at::TensorList biases) {
   const auto cl = at::MemoryFormat::ChannelsLast;
   onednn::PackedWeights& cache = onednn::packed_weights();
-  c10::List<std::optional<at::Scalar>> slope;
-  slope.push_back(at::Scalar(tail::kSlope));
   at::Tensor x = feat.contiguous(cl);
   if (fusion_weight.has_value()) {
     std::optional<at::Tensor> forward;
@@ -37,13 +37,12 @@ at::Tensor tail_onednn(const at::Tensor& lr, const at::Tensor& feat,
   }
   const int64_t n = x.size(0);
   for (size_t i = 0; i < 2; ++i) {
-    const at::Tensor up =
-        onednn::conv_unary(x, cache.get(weights[i], n, x.size(2), x.size(3)), biases[i], "leaky_relu", slope);
+    const at::Tensor up = winograd::conv3x3_leaky_relu(x, weights[i], biases[i], tail::kSlope);
     x = tail::shuffled_nhwc(up);
     auto [dst, src] = tail::shuffle_views(x, up);
     dst.copy_(src);
   }
-  x = onednn::conv_unary(x, cache.get(weights[2], n, x.size(2), x.size(3)), biases[2], "leaky_relu", slope);
+  x = winograd::conv3x3_leaky_relu(x, weights[2], biases[2], tail::kSlope);
   at::Tensor out = tail::bilinear_base(lr.contiguous(cl));
   onednn::conv_add_into(out, x, cache.get(weights[3], n, x.size(2), x.size(3)), biases[3], nullptr);
   return out;

@@ -5,8 +5,11 @@
 // epilogues fused into each convolution (bias + LeakyReLU, bias + ReLU, bias + residual add), weights
 // reordered once into oneDNN's blocked layout and cached, and two feature buffers reused for the whole trunk:
 // the residual sum is accumulated in place and the ReLU branch is written into a buffer that is reused block
-// after block (no allocation per layer). Other dtypes (float16, bfloat16 without bf16 hardware, float64; or
-// no oneDNN): the same loop with at::convolution in channels_last and in-place epilogues.
+// after block (no allocation per layer). In float32 on CPUs with AVX2 + FMA each convolution is instead a
+// Winograd F(4x4, 3x3) convolution with the same epilogues (winograd_conv.h: ~2x a oneDNN convolution there,
+// which runs near the FMA peak); VSR_FAST_CPU_CONV=onednn keeps oneDNN's. Other dtypes (float16, bfloat16
+// without bf16 hardware, float64; or no oneDNN): the same loop with at::convolution in channels_last and
+// in-place epilogues.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/empty.h>
@@ -15,27 +18,34 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
-#include <optional>
 #include <vector>
 
 #include "cpu_kernels.h"
 #include "onednn_conv.h"
 #include "vsr_fast/residual_trunk.h"
+#include "winograd_conv.h"
 
 namespace vsr_fast {
 namespace {
 
-// The trunk over an NHWC input; returns an NHWC [N, C, H, W] tensor.
+// The trunk over an NHWC input; returns an NHWC [N, C, H, W] tensor. Each convolution runs by
+// Winograd where winograd::usable (float32 on AVX2 + FMA), else through oneDNN.
 at::Tensor trunk_onednn(const at::Tensor& input, at::TensorList weights, at::TensorList biases) {
   const int64_t n = input.size(0), h = input.size(2), w = input.size(3);
   using onednn::conv_add_into;
-  using onednn::conv_unary;
+  using winograd::Epilogue;
   onednn::PackedWeights& cache = onednn::packed_weights();
-  c10::List<std::optional<at::Scalar>> slope;
-  slope.push_back(at::Scalar(0.1));
-  at::Tensor feat = conv_unary(input, cache.get(weights[0], n, h, w), biases[0], "leaky_relu", slope);
+  const bool fast_3x3 = winograd::usable(input, weights[0].size(0));
+  at::Tensor feat = winograd::conv3x3_leaky_relu(input, weights[0], biases[0], 0.1);
   at::Tensor branch = at::empty_like(feat);
   for (size_t k = 1; k + 1 < weights.size(); k += 2) {
+    if (fast_3x3) {
+      winograd::conv3x3(feat, winograd::packed_weight(weights[k]), biases[k].contiguous(), branch,
+                        Epilogue::kRelu);
+      winograd::conv3x3(branch, winograd::packed_weight(weights[k + 1]), biases[k + 1].contiguous(), feat,
+                        Epilogue::kAccumulate);
+      continue;
+    }
     // relu(conv1(feat) + b1) into the reused buffer: the binary form accumulates, so start it at 0
     branch.zero_();
     conv_add_into(branch, feat, cache.get(weights[k], n, h, w), biases[k], "relu");
