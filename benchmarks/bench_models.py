@@ -9,7 +9,10 @@ Implementations. The summary printed at the end gives each one's median time ove
 implementation's speed relative to the reference is the reference's ratio over its own):
 
   reference            the reference model, fp32, eager: the baseline
-  vsr_fast             vsr_fast's model, fp32
+  vsr_fast             vsr_fast's model, fp32 (on CPU its 3x3 convolutions by Winograd F(4x4, 3x3)
+                       where the CPU has AVX2 + FMA, csrc/cpu/winograd_conv.h; the path is printed)
+  vsr_fast_onednn      CPU only: the same with VSR_FAST_CPU_CONV=onednn (every convolution through
+                       oneDNN, as before Winograd), to show what the Winograd convolutions give
   vsr_fast_bf16        vsr_fast's model and input in bf16 (fp16 too on CUDA). On a CPU without bf16
                        hardware (AVX512-BF16 / AMX) bf16 is emulated, minutes per call: left out with
                        a message unless VSR_FAST_BENCH_BF16=1
@@ -36,7 +39,14 @@ process the allocator's cached pages would hide it); on CUDA the peak allocated 
 Prediction, written before the T=10 runs (AVX2 EPYC, 2 cores, fp32): BasicVSR 1.15-1.25x (the T=5
 interleaved pairs gave 1.16x; longer clips amortise nothing), IconVSR 1.5-1.6x (the DCN op), vsr_fast
 fp32 near OpenVINO f32 (both end in oneDNN AVX2 convolutions; OpenVINO fuses the reference's
-separate LeakyReLU / add passes as we do).
+separate LeakyReLU / add passes as we do). Measured (2026-12-01, results/models_cpu_epyc_avx2_
+2026-12-01_t10.md): 1.08x and 1.30x, OpenVINO f32 1.17x and 1.27x; missed: both end in convolutions
+that run near the FMA peak (oneDNN NHWC 132 GFLOP/s, NCHW 115 on a 64->64 3x3, 2 threads).
+
+Prediction for the Winograd convolutions (written after a 3-round interleaved check of the models,
+2.08x / 2.04x, and a per-convolution CPU-time check, 2.2x a oneDNN convolution on one thread):
+BasicVSR 1.9-2.1x the reference, IconVSR 1.9-2.1x; vsr_fast_onednn as the line above (1.1-1.5x);
+vsr_fast ahead of OpenVINO f32 by 1.5x or more.
 """
 
 import importlib.util
@@ -134,8 +144,32 @@ def openvino_call(ir_path, precision):
     return lambda x: torch.from_numpy(compiled(x.numpy())[0])
 
 
+def with_env(fn, name, value):
+    """fn with the environment variable name=value during each call (the C++ kernels read
+    VSR_FAST_CPU_CONV per call)."""
+
+    def run(x):
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn(x)
+        finally:
+            if old is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = old
+
+    return run
+
+
 def implementation_names(device):
     names = ["reference", "vsr_fast"]
+    if device == "cpu":
+        forced = os.environ.get("VSR_FAST_CPU_CONV") == "onednn"
+        winograd = vsr_fast.hardware.cpu_supports_avx2_fma() and not forced
+        path = "Winograd F(4x4, 3x3), AVX2 + FMA" if winograd else "oneDNN (no AVX2 + FMA, or forced)"
+        print(f"\nvsr_fast fp32 CPU 3x3 convolutions: {path}")
+        names.append("vsr_fast_onednn")
     if device == "cuda" or vsr_fast.cpu_supports_bf16() or os.environ.get("VSR_FAST_BENCH_BF16") == "1":
         names.append("vsr_fast_bf16")
     else:
@@ -163,6 +197,9 @@ def build(name, model, device, ir_dir):
     reduced = REDUCED_PRECISION
     if name == "reference":
         return inference(ref_net), clip(device)
+    if name == "vsr_fast_onednn":
+        net = inference(fast_model(model, ref_net, None))
+        return with_env(net, "VSR_FAST_CPU_CONV", "onednn"), clip(device)
     if name in ("vsr_fast", *reduced):
         net = fast_model(model, ref_net, reduced.get(name))
         if name == "vsr_fast_fp16_graphs":

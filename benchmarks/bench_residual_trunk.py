@@ -79,6 +79,39 @@ def test_trunk_weight_cache(run_case, monkeypatch, cache):
     run_case("trunk30 fp32 weight cache [1, 67, 64, 112] cpu", cache, case, torch.device("cpu"), rounds=10)
 
 
+def test_trunk_cpu_convolutions(run_interleaved):
+    """The float32 CPU trunk with its convolutions by Winograd F(4x4, 3x3) (the default where the CPU
+    has AVX2 + FMA, csrc/cpu/winograd_conv.h) and by oneDNN (VSR_FAST_CPU_CONV=onednn), against the
+    reference trunk, interleaved. Prediction (from one convolution's CPU time on one thread: 2.2x
+    oneDNN's): Winograd ~2x the oneDNN path on the [1, 67, 64, 112] trunk, oneDNN ~1.1x the reference."""
+    if not vsr_fast.hardware.cpu_supports_avx2_fma():
+        pytest.skip("no AVX2 + FMA: the default CPU path is oneDNN's, nothing to compare")
+    _, weights, biases, x = setup_case(SHAPES["train64x112"])
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def trunk(conv):  # the kernels read VSR_FAST_CPU_CONV per call
+        def call():
+            old = os.environ.get("VSR_FAST_CPU_CONV")
+            os.environ["VSR_FAST_CPU_CONV"] = conv
+            try:
+                with torch.no_grad():
+                    vsr_fast.residual_trunk(x, weights, biases)
+            finally:
+                os.environ.pop("VSR_FAST_CPU_CONV")
+                if old is not None:
+                    os.environ["VSR_FAST_CPU_CONV"] = old
+
+        return call
+
+    def ref():
+        with torch.no_grad():
+            reference.residual_trunk(x, weights, biases)
+
+    impls = {"reference": ref, "vsr_fast_onednn": trunk("onednn"), "vsr_fast_winograd": trunk("auto")}
+    group = "trunk30 fp32 CPU convolutions [1, 67, 64, 112] channels_last"
+    run_interleaved(group, impls, torch.device("cpu"), 7)
+
+
 # ---- CUDA ----------------------------------------------------------------------------------------
 
 BLOCKS = 30

@@ -146,54 +146,77 @@ struct Geometry {
   int64_t tiles_y, tiles_x, tiles;
 };
 
-// V[xi][t][c] for the tiles [t0, t0 + count) and channels [c0, c0 + 8); `mask` keeps the lanes of
-// channels that exist (a channel count not a multiple of 8 loads zeros for the rest).
-__attribute__((target("avx2,fma"))) inline void input_transform_block(const Geometry& g, const float* x,
-                                                                      int64_t t0, int64_t count, int64_t c0,
-                                                                      float* V, int64_t ldv_point) {
-  const int64_t lanes = std::min<int64_t>(8, g.C - c0);
-  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lanes)),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  for (int64_t t = 0; t < count; ++t) {
-    const int64_t tile = t0 + t;
-    const int64_t img = tile / (g.tiles_y * g.tiles_x), rest = tile % (g.tiles_y * g.tiles_x);
-    const int64_t y0 = (rest / g.tiles_x) * kTile - 1, x0 = (rest % g.tiles_x) * kTile - 1;
-    const float* base = x + img * g.h * g.w * g.C + c0;
-    __m256 d[kAlpha][kAlpha];
-    for (int i = 0; i < kAlpha; ++i) {
-      const int64_t yy = y0 + i;
-      const bool row_in = yy >= 0 && yy < g.h;
-      for (int j = 0; j < kAlpha; ++j) {
-        const int64_t xx = x0 + j;
-        if (row_in && xx >= 0 && xx < g.w) {
-          const float* p = base + (yy * g.w + xx) * g.C;
-          d[i][j] = lanes == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
-        } else {
-          d[i][j] = _mm256_setzero_ps();
-        }
+// One tile's 6x6 patch of 8 channels (lanes past the channel count masked off), loaded row by row
+// with each row transformed along x as it arrives (d B), then transformed along y (B^T d B) and
+// stored at dst[xi * ld_point]. Inside: no tap of the patch falls outside the image.
+template <bool Inside>
+__attribute__((target("avx2,fma"), always_inline)) inline void input_transform_tile(
+    const float* image, int64_t origin, int64_t pixel_stride, int64_t row_stride, int64_t rows_in,
+    int64_t first_col, int64_t cols_in, bool full, __m256i mask, float* dst, int64_t ld_point) {
+  __m256 d[kAlpha][kAlpha];
+  for (int i = 0; i < kAlpha; ++i) {
+    for (int j = 0; j < kAlpha; ++j) {
+      const bool in = Inside || ((rows_in >> i) & 1 && j >= first_col && j < cols_in);
+      if (!in) {
+        d[i][j] = _mm256_setzero_ps();
+        continue;
       }
+      const float* p = image + (origin + i * row_stride + j * pixel_stride);
+      d[i][j] = full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
     }
-    for (int i = 0; i < kAlpha; ++i) input_transform_1d(d[i]);  // along x: d B
-    for (int j = 0; j < kAlpha; ++j) {                          // along y: B^T (d B)
-      __m256 col[kAlpha];
-      for (int i = 0; i < kAlpha; ++i) col[i] = d[i][j];
-      input_transform_1d(col);
-      for (int i = 0; i < kAlpha; ++i) {
-        float* dst = V + (i * kAlpha + j) * ldv_point + t * g.C + c0;
-        if (lanes == 8) {
-          _mm256_storeu_ps(dst, col[i]);
-        } else {
-          _mm256_maskstore_ps(dst, mask, col[i]);
-        }
+    input_transform_1d(d[i]);  // along x: d B
+  }
+  for (int j = 0; j < kAlpha; ++j) {  // along y: B^T (d B)
+    __m256 col[kAlpha];
+    for (int i = 0; i < kAlpha; ++i) col[i] = d[i][j];
+    input_transform_1d(col);
+    for (int i = 0; i < kAlpha; ++i) {
+      float* out = dst + (i * kAlpha + j) * ld_point;
+      if (full) {
+        _mm256_storeu_ps(out, col[i]);
+      } else {
+        _mm256_maskstore_ps(out, mask, col[i]);
       }
     }
   }
 }
 
-// m[r][k0 .. k0 + 8 * NV) = sum_c v[r][c] u[c][k0 ..] for R <= 6 rows (tiles): the register-
-// blocked micro-kernel (R x NV accumulators; 6 x 2 uses 12 of the 16 ymm registers). The
-// accumulators are named variables, not an array: GCC 12 kept an array of them on the stack and
-// stored all twelve on every iteration, which halved the kernel's speed (seen in its disassembly).
+// V[xi][t][c] for the tiles [t0, t0 + count), all channels, 8 at a time; ldv_point floats between
+// transform points. A channel count that is not a multiple of 8 loads and stores its last lanes
+// masked.
+__attribute__((target("avx2,fma"))) inline void input_transform_block(const Geometry& g, const float* x,
+                                                                      int64_t t0, int64_t count, float* V,
+                                                                      int64_t ldv_point) {
+  // locals, not g's fields: the stores through V could alias g, so the compiler would reload them
+  const int64_t C = g.C, h = g.h, w = g.w, tiles_x = g.tiles_x, per_image = g.tiles_y * g.tiles_x;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t tile = t0 + t;
+    const int64_t img = tile / per_image, rest = tile % per_image;
+    const int64_t y0 = (rest / tiles_x) * kTile - 1, x0 = (rest % tiles_x) * kTile - 1;
+    const bool inside = y0 >= 0 && y0 + kAlpha <= h && x0 >= 0 && x0 + kAlpha <= w;
+    int64_t rows_in = 0;  // bit i: patch row i lies in the image
+    for (int i = 0; i < kAlpha; ++i) rows_in |= int64_t{y0 + i >= 0 && y0 + i < h} << i;
+    const int64_t first_col = std::max<int64_t>(0, -x0), cols_in = std::min<int64_t>(kAlpha, w - x0);
+    // offset of the patch's top-left tap from the image's first pixel: negative at the top and left
+    // edges, where only the in-image taps are read (and pointed to)
+    const float* image = x + img * h * w * C;
+    const int64_t origin = (y0 * w + x0) * C;
+    float* dst = V + t * C;
+    for (int64_t c0 = 0; c0 < C; c0 += 8) {
+      const int64_t lanes = std::min<int64_t>(8, C - c0);
+      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lanes)), lane);
+      if (inside) {
+        input_transform_tile<true>(image + c0, origin, C, w * C, rows_in, first_col, cols_in, lanes == 8,
+                                   mask, dst + c0, ldv_point);
+      } else {
+        input_transform_tile<false>(image + c0, origin, C, w * C, rows_in, first_col, cols_in, lanes == 8,
+                                    mask, dst + c0, ldv_point);
+      }
+    }
+  }
+}
+
 template <int NV>
 __attribute__((target("avx2,fma"), always_inline)) inline void fma_row(const float* vr, __m256 b0, __m256 b1,
                                                                        __m256& lo, __m256& hi) {
@@ -260,44 +283,47 @@ __attribute__((target("avx2,fma"))) inline void gemm_rows(int64_t rows, const fl
   }
 }
 
-// out tiles [t0, t0 + count), output channels [k0, k0 + 8): A^T M A + bias, the epilogue, and the
-// store of the pixels that exist (tiles at the right and bottom edges may overhang).
+// Out tiles [t0, t0 + count), all output channels, 8 at a time: A^T M A + bias, the epilogue, and
+// the store of the pixels that exist (tiles at the right and bottom edges may overhang).
 template <Epilogue E>
 __attribute__((target("avx2,fma"))) inline void output_transform_block(const Geometry& g, const float* M,
                                                                        int64_t ldm_point, int64_t t0,
-                                                                       int64_t count, int64_t k0,
-                                                                       const float* bias, float slope,
-                                                                       float* out) {
-  const __m256 bias_v = _mm256_loadu_ps(bias + k0);
+                                                                       int64_t count, const float* bias,
+                                                                       float slope, float* out) {
+  // locals, not g's fields: the stores through out could alias g, so the compiler would reload them
+  const int64_t K = g.K, h = g.h, w = g.w, tiles_x = g.tiles_x, per_image = g.tiles_y * g.tiles_x;
   const __m256 slope_v = _mm256_set1_ps(slope), zero = _mm256_setzero_ps();
   for (int64_t t = 0; t < count; ++t) {
     const int64_t tile = t0 + t;
-    const int64_t img = tile / (g.tiles_y * g.tiles_x), rest = tile % (g.tiles_y * g.tiles_x);
-    const int64_t y0 = (rest / g.tiles_x) * kTile, x0 = (rest % g.tiles_x) * kTile;
-    __m256 rows[kAlpha][kTile];  // (A^T M) per input row i... first along x: M A
-    for (int i = 0; i < kAlpha; ++i) {
-      __m256 m[kAlpha];
-      for (int j = 0; j < kAlpha; ++j)
-        m[j] = _mm256_loadu_ps(M + (i * kAlpha + j) * ldm_point + t * g.K + k0);
-      output_transform_1d(m, rows[i]);
-    }
-    const int64_t ny = std::min<int64_t>(kTile, g.h - y0), nx = std::min<int64_t>(kTile, g.w - x0);
-    float* base = out + (img * g.h * g.w) * g.K + k0;
-    for (int j = 0; j < nx; ++j) {
-      __m256 col[kAlpha], y[kTile];
-      for (int i = 0; i < kAlpha; ++i) col[i] = rows[i][j];
-      output_transform_1d(col, y);
-      for (int i = 0; i < ny; ++i) {
-        float* p = base + ((y0 + i) * g.w + (x0 + j)) * g.K;
-        __m256 r = _mm256_add_ps(y[i], bias_v);
-        if constexpr (E == Epilogue::kLeakyRelu) {
-          r = _mm256_blendv_ps(_mm256_mul_ps(r, slope_v), r, _mm256_cmp_ps(r, zero, _CMP_GT_OQ));
-        } else if constexpr (E == Epilogue::kRelu) {
-          r = _mm256_max_ps(r, zero);
-        } else {
-          r = _mm256_add_ps(_mm256_loadu_ps(p), r);
+    const int64_t img = tile / per_image, rest = tile % per_image;
+    const int64_t y0 = (rest / tiles_x) * kTile, x0 = (rest % tiles_x) * kTile;
+    const int64_t ny = std::min<int64_t>(kTile, h - y0), nx = std::min<int64_t>(kTile, w - x0);
+    float* tile_out = out + ((img * h + y0) * w + x0) * K;
+    for (int64_t k0 = 0; k0 < K; k0 += 8) {
+      const __m256 bias_v = _mm256_loadu_ps(bias + k0);
+      __m256 rows[kAlpha][kTile];  // M A, row by row
+      for (int i = 0; i < kAlpha; ++i) {
+        __m256 m[kAlpha];
+        for (int j = 0; j < kAlpha; ++j)
+          m[j] = _mm256_loadu_ps(M + (i * kAlpha + j) * ldm_point + t * K + k0);
+        output_transform_1d(m, rows[i]);
+      }
+      for (int j = 0; j < nx; ++j) {
+        __m256 col[kAlpha], y[kTile];  // A^T (M A), column j
+        for (int i = 0; i < kAlpha; ++i) col[i] = rows[i][j];
+        output_transform_1d(col, y);
+        for (int i = 0; i < ny; ++i) {
+          float* p = tile_out + (i * w + j) * K + k0;
+          __m256 r = _mm256_add_ps(y[i], bias_v);
+          if constexpr (E == Epilogue::kLeakyRelu) {
+            r = _mm256_blendv_ps(_mm256_mul_ps(r, slope_v), r, _mm256_cmp_ps(r, zero, _CMP_GT_OQ));
+          } else if constexpr (E == Epilogue::kRelu) {
+            r = _mm256_max_ps(r, zero);
+          } else {
+            r = _mm256_add_ps(_mm256_loadu_ps(p), r);
+          }
+          _mm256_storeu_ps(p, r);
         }
-        _mm256_storeu_ps(p, r);
       }
     }
   }
@@ -333,7 +359,7 @@ inline void conv3x3(const at::Tensor& x, const at::Tensor& u, const at::Tensor& 
     for (int64_t b = begin; b < end; ++b) {
       const int64_t t0 = b * block, count = std::min<int64_t>(block, g.tiles - t0);
       const int64_t ldv_point = block * g.C, ldm_point = block * g.K;
-      for (int64_t c0 = 0; c0 < g.C; c0 += 8) input_transform_block(g, xp, t0, count, c0, V, ldv_point);
+      input_transform_block(g, xp, t0, count, V, ldv_point);
       for (int xi = 0; xi < kPoints; ++xi) {
         const float* v = V + xi * ldv_point;
         const float* uxi = up + xi * g.C * g.K;
@@ -342,18 +368,16 @@ inline void conv3x3(const at::Tensor& x, const at::Tensor& u, const at::Tensor& 
         for (; k0 + 16 <= g.K; k0 += 16) gemm_rows<2>(count, v, g.C, uxi + k0, g.K, m + k0, g.K, g.C);
         if (k0 < g.K) gemm_rows<1>(count, v, g.C, uxi + k0, g.K, m + k0, g.K, g.C);
       }
-      for (int64_t k0 = 0; k0 < g.K; k0 += 8) {
-        switch (epilogue) {
-          case Epilogue::kLeakyRelu:
-            output_transform_block<Epilogue::kLeakyRelu>(g, M, ldm_point, t0, count, k0, bp, slope, op);
-            break;
-          case Epilogue::kRelu:
-            output_transform_block<Epilogue::kRelu>(g, M, ldm_point, t0, count, k0, bp, slope, op);
-            break;
-          case Epilogue::kAccumulate:
-            output_transform_block<Epilogue::kAccumulate>(g, M, ldm_point, t0, count, k0, bp, slope, op);
-            break;
-        }
+      switch (epilogue) {
+        case Epilogue::kLeakyRelu:
+          output_transform_block<Epilogue::kLeakyRelu>(g, M, ldm_point, t0, count, bp, slope, op);
+          break;
+        case Epilogue::kRelu:
+          output_transform_block<Epilogue::kRelu>(g, M, ldm_point, t0, count, bp, slope, op);
+          break;
+        case Epilogue::kAccumulate:
+          output_transform_block<Epilogue::kAccumulate>(g, M, ldm_point, t0, count, bp, slope, op);
+          break;
       }
     }
   });
