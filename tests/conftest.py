@@ -62,6 +62,8 @@ def trunk_path(request, monkeypatch):
     if device == "cpu":
         if impl:
             monkeypatch.setenv("VSR_FAST_CPU_CONV", impl)
+        else:  # the CPU's own choice, whatever the environment says
+            monkeypatch.delenv("VSR_FAST_CPU_CONV", raising=False)
         return torch.device(device), None
     if impl:
         if impl == "fused" and not fused_capable():

@@ -98,7 +98,14 @@ def test_spec_is_the_reference_models_tail():
     ],
 )
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_matches_the_spec(device, case, channels_last):
+@pytest.mark.parametrize("conv", ["default", "onednn"])  # CPU float32: Winograd where AVX2 + FMA, or oneDNN
+def test_matches_the_spec(device, monkeypatch, case, channels_last, conv):
+    if conv == "onednn":
+        if device.type != "cpu":
+            pytest.skip("VSR_FAST_CPU_CONV is the CPU kernels' setting")
+        monkeypatch.setenv("VSR_FAST_CPU_CONV", "onednn")
+    else:
+        monkeypatch.delenv("VSR_FAST_CPU_CONV", raising=False)
     args = make_args(**case)
     expected = reference.reconstruction_tail(*args)
     lr, feat, forward, fw, fb, weights, biases = cast(args, device, torch.float32)

@@ -36,7 +36,7 @@ at::Tensor trunk_onednn(const at::Tensor& input, at::TensorList weights, at::Ten
   using winograd::Epilogue;
   onednn::PackedWeights& cache = onednn::packed_weights();
   const bool fast_3x3 = winograd::usable(input, weights[0].size(0));
-  at::Tensor feat = winograd::conv3x3_leaky_relu(input, weights[0], biases[0], 0.1);
+  at::Tensor feat = winograd::conv3x3_leaky_relu(input, weights[0], biases[0], 0.1, fast_3x3);
   at::Tensor branch = at::empty_like(feat);
   for (size_t k = 1; k + 1 < weights.size(); k += 2) {
     if (fast_3x3) {

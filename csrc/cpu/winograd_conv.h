@@ -50,15 +50,22 @@ enum class Epilogue {
   kAccumulate  // out = out + conv + bias (the residual sum, in place)
 };
 
-// Whether a float32 3x3 convolution of the NHWC x into out_channels channels runs here: AVX2 + FMA
-// present, output channels a multiple of 8 (the vector width), VSR_FAST_CPU_CONV not "onednn" (read
-// per call, so benchmarks can time both paths in one process).
-inline bool usable(const at::Tensor& x, int64_t out_channels) {
+// Whether the Winograd convolutions run at all here: AVX2 + FMA present, VSR_FAST_CPU_CONV not
+// "onednn" (read per call, so benchmarks can time both paths in one process). An op asks once per
+// call, so that one answer holds for all of its convolutions.
+inline bool enabled() {
   const char* setting = std::getenv("VSR_FAST_CPU_CONV");
-  if (setting != nullptr && std::string(setting) == "onednn") return false;
-  return cpu_has_avx2_fma() && x.scalar_type() == at::kFloat && x.size(1) > 0 && out_channels > 0 &&
-         out_channels % 8 == 0 && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return cpu_has_avx2_fma() && !(setting != nullptr && std::string(setting) == "onednn");
 }
+
+// Whether conv3x3 takes this convolution: float32 NHWC x with input channels, output channels a
+// multiple of 8 (the vector width).
+inline bool suits(const at::Tensor& x, int64_t out_channels) {
+  return x.scalar_type() == at::kFloat && x.size(1) > 0 && out_channels > 0 && out_channels % 8 == 0 &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline bool usable(const at::Tensor& x, int64_t out_channels) { return enabled() && suits(x, out_channels); }
 
 // U[xi][c][k] = (G g G^T)[xi] for the weight slice g = weight[k, c] ([K, C, 3, 3], any strides),
 // computed in float64 and rounded once; returned as a dense float32 [36, C, K] tensor.
@@ -75,21 +82,24 @@ inline at::Tensor transform_weight(const at::Tensor& weight) {
   at::Tensor u = at::empty({kPoints, C, K}, weight.options().dtype(at::kFloat));
   const double* src = g.const_data_ptr<double>();
   float* dst = u.mutable_data_ptr<float>();
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t c = 0; c < C; ++c) {
-      const double* w = src + (k * C + c) * 9;
-      double gw[kAlpha][3];  // G g
-      for (int i = 0; i < kAlpha; ++i) {
-        for (int j = 0; j < 3; ++j) gw[i][j] = G[i][0] * w[j] + G[i][1] * w[3 + j] + G[i][2] * w[6 + j];
-      }
-      for (int i = 0; i < kAlpha; ++i) {
-        for (int j = 0; j < kAlpha; ++j) {
-          const double v = gw[i][0] * G[j][0] + gw[i][1] * G[j][1] + gw[i][2] * G[j][2];
-          dst[((i * kAlpha + j) * C + c) * K + k] = static_cast<float>(v);
+  // by input channel, in parallel: each task writes its own rows u[xi][c][*] (contiguous in k)
+  at::parallel_for(0, C, 1, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      for (int64_t k = 0; k < K; ++k) {
+        const double* w = src + (k * C + c) * 9;
+        double gw[kAlpha][3];  // G g
+        for (int i = 0; i < kAlpha; ++i) {
+          for (int j = 0; j < 3; ++j) gw[i][j] = G[i][0] * w[j] + G[i][1] * w[3 + j] + G[i][2] * w[6 + j];
+        }
+        for (int i = 0; i < kAlpha; ++i) {
+          for (int j = 0; j < kAlpha; ++j) {
+            const double v = gw[i][0] * G[j][0] + gw[i][1] * G[j][1] + gw[i][2] * G[j][2];
+            dst[((i * kAlpha + j) * C + c) * K + k] = static_cast<float>(v);
+          }
         }
       }
     }
-  }
+  });
   return u;
 }
 
@@ -318,7 +328,7 @@ __attribute__((target("avx2,fma"))) inline void output_transform_block(const Geo
           if constexpr (E == Epilogue::kLeakyRelu) {
             r = _mm256_blendv_ps(_mm256_mul_ps(r, slope_v), r, _mm256_cmp_ps(r, zero, _CMP_GT_OQ));
           } else if constexpr (E == Epilogue::kRelu) {
-            r = _mm256_max_ps(r, zero);
+            r = _mm256_max_ps(zero, r);  // maxps returns its second operand for NaN: NaN stays NaN, as relu
           } else {
             r = _mm256_add_ps(_mm256_loadu_ps(p), r);
           }
@@ -336,6 +346,17 @@ __attribute__((target("avx2,fma"))) inline void output_transform_block(const Geo
 // [N, K, H, W], not overlapping x. Only where usable(x, K).
 inline void conv3x3(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias, const at::Tensor& out,
                     Epilogue epilogue, float slope = 0.f) {
+  // What the kernel reads and writes blindly; the callers' argument checks make it so, these keep it so.
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  TORCH_INTERNAL_ASSERT(x.scalar_type() == at::kFloat && x.dim() == 4 && x.is_contiguous(cl));
+  TORCH_INTERNAL_ASSERT(u.scalar_type() == at::kFloat && u.dim() == 3 && u.size(0) == kPoints &&
+                        u.size(1) == x.size(1) && u.size(2) % 8 == 0 && u.is_contiguous());
+  TORCH_INTERNAL_ASSERT(bias.scalar_type() == at::kFloat && bias.numel() == u.size(2) &&
+                        bias.is_contiguous());
+  TORCH_INTERNAL_ASSERT(out.scalar_type() == at::kFloat && out.is_contiguous(cl) &&
+                        out.size(0) == x.size(0) && out.size(1) == u.size(2) && out.size(2) == x.size(2) &&
+                        out.size(3) == x.size(3));
+  TORCH_INTERNAL_ASSERT(!out.is_alias_of(x));
 #ifdef VSR_FAST_X86_SIMD
   Geometry g;
   g.n = x.size(0), g.C = x.size(1), g.h = x.size(2), g.w = x.size(3), g.K = u.size(2);
@@ -387,10 +408,12 @@ inline void conv3x3(const at::Tensor& x, const at::Tensor& u, const at::Tensor& 
 }
 
 // leaky_relu(conv3x3(x) + bias) for an NHWC float32 (or, through oneDNN, bfloat16) x: by Winograd
-// where usable, else oneDNN's NHWC convolution with the post-op fused. A new NHWC tensor.
+// if `winograd` (the caller's usable(x, out channels), asked once per op call so that one setting
+// holds for all its convolutions), else oneDNN's NHWC convolution with the post-op fused. A new
+// NHWC tensor.
 inline at::Tensor conv3x3_leaky_relu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                     double slope) {
-  if (usable(x, weight.size(0))) {
+                                     double slope, bool winograd) {
+  if (winograd) {
     at::Tensor out = at::empty({x.size(0), weight.size(0), x.size(2), x.size(3)},
                                x.options().memory_format(at::MemoryFormat::ChannelsLast));
     conv3x3(x, packed_weight(weight), bias.contiguous(), out, Epilogue::kLeakyRelu,
