@@ -29,7 +29,7 @@ at::Tensor tail_onednn(const at::Tensor& lr, const at::Tensor& feat,
                        at::TensorList biases) {
   const auto cl = at::MemoryFormat::ChannelsLast;
   onednn::PackedWeights& cache = onednn::packed_weights();
-  const bool winograd = winograd::enabled();
+  const bool use_winograd = winograd::enabled();
   at::Tensor x = feat.contiguous(cl);
   if (fusion_weight.has_value()) {
     std::optional<at::Tensor> forward;
@@ -39,13 +39,13 @@ at::Tensor tail_onednn(const at::Tensor& lr, const at::Tensor& feat,
   const int64_t n = x.size(0);
   for (size_t i = 0; i < 2; ++i) {
     const at::Tensor up = winograd::conv3x3_leaky_relu(x, weights[i], biases[i], tail::kSlope,
-                                                       winograd && winograd::suits(x, weights[i].size(0)));
+                                                       use_winograd && winograd::suits(x, weights[i].size(0)));
     x = tail::shuffled_nhwc(up);
     auto [dst, src] = tail::shuffle_views(x, up);
     dst.copy_(src);
   }
   x = winograd::conv3x3_leaky_relu(x, weights[2], biases[2], tail::kSlope,
-                                   winograd && winograd::suits(x, weights[2].size(0)));
+                                   use_winograd && winograd::suits(x, weights[2].size(0)));
   at::Tensor out = tail::bilinear_base(lr.contiguous(cl));
   onednn::conv_add_into(out, x, cache.get(weights[3], n, x.size(2), x.size(3)), biases[3], nullptr);
   return out;

@@ -270,27 +270,12 @@ template <int NV>
 __attribute__((target("avx2,fma"))) inline void gemm_rows(int64_t rows, const float* v, int64_t ldv,
                                                           const float* u, int64_t ldu, float* m, int64_t ldm,
                                                           int64_t C) {
+  using Micro = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t);
+  static constexpr Micro kLastRows[6] = {nullptr,           gemm_micro<1, NV>, gemm_micro<2, NV>,
+                                         gemm_micro<3, NV>, gemm_micro<4, NV>, gemm_micro<5, NV>};
   int64_t r = 0;
   for (; r + 6 <= rows; r += 6) gemm_micro<6, NV>(v + r * ldv, ldv, u, ldu, m + r * ldm, ldm, C);
-  switch (rows - r) {
-    case 5:
-      gemm_micro<5, NV>(v + r * ldv, ldv, u, ldu, m + r * ldm, ldm, C);
-      break;
-    case 4:
-      gemm_micro<4, NV>(v + r * ldv, ldv, u, ldu, m + r * ldm, ldm, C);
-      break;
-    case 3:
-      gemm_micro<3, NV>(v + r * ldv, ldv, u, ldu, m + r * ldm, ldm, C);
-      break;
-    case 2:
-      gemm_micro<2, NV>(v + r * ldv, ldv, u, ldu, m + r * ldm, ldm, C);
-      break;
-    case 1:
-      gemm_micro<1, NV>(v + r * ldv, ldv, u, ldu, m + r * ldm, ldm, C);
-      break;
-    default:
-      break;
-  }
+  if (r < rows) kLastRows[rows - r](v + r * ldv, ldv, u, ldu, m + r * ldm, ldm, C);
 }
 
 // Out tiles [t0, t0 + count), all output channels, 8 at a time: A^T M A + bias, the epilogue, and
@@ -364,8 +349,13 @@ inline void conv3x3(const at::Tensor& x, const at::Tensor& u, const at::Tensor& 
   g.tiles = g.n * g.tiles_y * g.tiles_x;
   // Tiles per task: V and M of one block ((C + K) * 36 floats per tile) within ~384 KB of L2.
   const int64_t per_tile_bytes = (g.C + g.K) * kPoints * int64_t{sizeof(float)};
-  const int64_t block = std::max<int64_t>(6, std::min<int64_t>(48, (384 << 10) / per_tile_bytes / 6 * 6));
-  const int64_t blocks = (g.tiles + block - 1) / block;
+  const int64_t most = std::max<int64_t>(6, std::min<int64_t>(48, (384 << 10) / per_tile_bytes / 6 * 6));
+  // Whole rounds of blocks for the threads, tiles spread evenly over them (sizes differ by one at
+  // most): 25 blocks of 18 on 2 threads left one thread a block more than the other.
+  int64_t blocks = (g.tiles + most - 1) / most;
+  const int64_t threads = at::get_num_threads();
+  if (blocks > 1 && threads > 1) blocks = (blocks + threads - 1) / threads * threads;
+  const int64_t block = (g.tiles + blocks - 1) / blocks;  // the largest: scratch size and strides
   const float* xp = x.const_data_ptr<float>();
   const float* up = u.const_data_ptr<float>();
   const float* bp = bias.const_data_ptr<float>();
@@ -378,7 +368,7 @@ inline void conv3x3(const at::Tensor& x, const at::Tensor& u, const at::Tensor& 
     float* V = scratch.data();
     float* M = V + kPoints * block * g.C;
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t t0 = b * block, count = std::min<int64_t>(block, g.tiles - t0);
+      const int64_t t0 = b * g.tiles / blocks, count = (b + 1) * g.tiles / blocks - t0;
       const int64_t ldv_point = block * g.C, ldm_point = block * g.K;
       input_transform_block(g, xp, t0, count, V, ldv_point);
       for (int xi = 0; xi < kPoints; ++xi) {
