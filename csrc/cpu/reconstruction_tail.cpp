@@ -38,8 +38,8 @@ at::Tensor tail_onednn(const at::Tensor& lr, const at::Tensor& feat,
   }
   const int64_t n = x.size(0);
   for (size_t i = 0; i < 2; ++i) {
-    const at::Tensor up = winograd::conv3x3_leaky_relu(x, weights[i], biases[i], tail::kSlope,
-                                                       use_winograd && winograd::suits(x, weights[i].size(0)));
+    const at::Tensor up = winograd::conv3x3_leaky_relu(
+        x, weights[i], biases[i], tail::kSlope, use_winograd && winograd::suits(x, weights[i].size(0)));
     x = tail::shuffled_nhwc(up);
     auto [dst, src] = tail::shuffle_views(x, up);
     dst.copy_(src);
