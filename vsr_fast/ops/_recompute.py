@@ -7,7 +7,7 @@ a time. Inputs may be tensors, None, or lists of tensors (one needs_input_grad f
 
 import torch
 
-__all__ = ["setup_recompute", "recompute_backward"]
+__all__ = ["register_recompute_autograd", "setup_recompute", "recompute_backward"]
 
 
 def setup_recompute(ctx, inputs):
@@ -55,3 +55,16 @@ def recompute_backward(ctx, eager_fn, grad_out):
         else:
             result.append(next(grads) if item is not None and item.requires_grad else None)
     return tuple(result)
+
+
+def register_recompute_autograd(op, eager_fn):
+    """Register autograd for the op named `op` by recomputation: its inputs saved, its gradients those
+    of eager_fn (an ATen version of its forward, taking the same inputs) re-run in backward."""
+
+    def setup_context(ctx, inputs, output):
+        setup_recompute(ctx, inputs)
+
+    def backward(ctx, grad_out):
+        return recompute_backward(ctx, eager_fn, grad_out)
+
+    torch.library.register_autograd(op, backward, setup_context=setup_context)

@@ -5,7 +5,7 @@ from torch._prims_common import suggest_memory_format
 
 from .. import reference
 from ._checks import check_keyframe_fusion_args, require_tensor
-from ._recompute import recompute_backward, setup_recompute
+from ._recompute import register_recompute_autograd
 
 __all__ = ["keyframe_fusion"]
 
@@ -29,13 +29,5 @@ def _fake(state, refill, weight, bias):
     )
 
 
-def _setup(ctx, inputs, output):
-    setup_recompute(ctx, inputs)
-
-
-def _backward(ctx, grad_out):
-    # by recomputation of the reference fusion: one convolution, cheap
-    return recompute_backward(ctx, reference.keyframe_fusion, grad_out)
-
-
-torch.library.register_autograd("vsr_fast::keyframe_fusion", _backward, setup_context=_setup)
+# by recomputation of the reference fusion: one convolution, cheap
+register_recompute_autograd("vsr_fast::keyframe_fusion", reference.keyframe_fusion)

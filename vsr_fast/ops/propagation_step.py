@@ -14,7 +14,7 @@ import torch
 
 from .. import reference
 from ._checks import check_propagation_step_args, require_tensor, require_tensors
-from ._recompute import recompute_backward, setup_recompute
+from ._recompute import register_recompute_autograd
 from .flow_warp import flow_warp
 from .residual_trunk import output_like
 
@@ -46,12 +46,4 @@ def _propagation_step_fake(lr, feature, state, flow, weights, biases):
 _step_with_fast_warp = functools.partial(reference.propagation_step, warp=flow_warp)
 
 
-def _setup(ctx, inputs, output):
-    setup_recompute(ctx, inputs)
-
-
-def _step_backward(ctx, grad_out):
-    return recompute_backward(ctx, _step_with_fast_warp, grad_out)
-
-
-torch.library.register_autograd("vsr_fast::propagation_step", _step_backward, setup_context=_setup)
+register_recompute_autograd("vsr_fast::propagation_step", _step_with_fast_warp)

@@ -9,7 +9,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from .. import reference
-from ._recompute import recompute_backward, setup_recompute
+from ._recompute import register_recompute_autograd
 
 __all__ = ["reconstruction_tail"]
 
@@ -118,12 +118,4 @@ def _fake(lr, feat, feat_forward, fusion_weight, fusion_bias, weights, biases):
     )
 
 
-def _setup(ctx, inputs, output):
-    setup_recompute(ctx, inputs)
-
-
-def _backward(ctx, grad_out):
-    return recompute_backward(ctx, reference.reconstruction_tail, grad_out)
-
-
-torch.library.register_autograd(_OP, _backward, setup_context=_setup)
+register_recompute_autograd(_OP, reference.reconstruction_tail)

@@ -10,7 +10,7 @@ from torch._prims_common import suggest_memory_format
 
 from .. import reference
 from ._checks import check_residual_trunk_args, require_tensor, require_tensors
-from ._recompute import recompute_backward, setup_recompute
+from ._recompute import register_recompute_autograd
 
 __all__ = ["residual_trunk"]
 
@@ -40,12 +40,4 @@ def _residual_trunk_fake(x, weights, biases):
     return output_like(x, weights[0].shape[0])
 
 
-def _setup(ctx, inputs, output):
-    setup_recompute(ctx, inputs)
-
-
-def _trunk_backward(ctx, grad_out):
-    return recompute_backward(ctx, reference.residual_trunk, grad_out)
-
-
-torch.library.register_autograd("vsr_fast::residual_trunk", _trunk_backward, setup_context=_setup)
+register_recompute_autograd("vsr_fast::residual_trunk", reference.residual_trunk)

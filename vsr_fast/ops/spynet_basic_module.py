@@ -7,7 +7,7 @@ from torch._prims_common import suggest_memory_format
 
 from .. import reference
 from ._checks import check_spynet_basic_module_args, require_tensor, require_tensors
-from ._recompute import recompute_backward, setup_recompute
+from ._recompute import register_recompute_autograd
 
 __all__ = ["spynet_basic_module"]
 
@@ -38,12 +38,4 @@ def _fake(x, weights, biases):
     )
 
 
-def _setup(ctx, inputs, output):
-    setup_recompute(ctx, inputs)
-
-
-def _backward(ctx, grad_out):
-    return recompute_backward(ctx, reference.spynet_basic_module, grad_out)
-
-
-torch.library.register_autograd(_OP, _backward, setup_context=_setup)
+register_recompute_autograd(_OP, reference.spynet_basic_module)
