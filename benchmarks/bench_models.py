@@ -64,7 +64,8 @@ import torch
 import vsr_fast
 from vsr_fast import reference
 
-from propagation_step_memory import rss_kib  # benchmarks/ is on sys.path, here and under pytest
+from env_per_call import with_env  # benchmarks/ is on sys.path, here and under pytest
+from propagation_step_memory import rss_kib
 
 CLIPS = {"cpu": (1, 10, 3, 64, 112), "cuda": (1, 100, 3, 180, 320)}
 MODELS = {
@@ -142,24 +143,6 @@ def openvino_call(ir_path, precision):
     if actual != getattr(ov.Type, precision):  # OpenVINO quietly falls back to f32 where the CPU lacks bf16
         raise RuntimeError(f"OpenVINO compiled for {actual}, not {precision}")
     return lambda x: torch.from_numpy(compiled(x.numpy())[0])
-
-
-def with_env(fn, name, value):
-    """fn with the environment variable name=value during each call (the C++ kernels read
-    VSR_FAST_CPU_CONV per call)."""
-
-    def run(x):
-        old = os.environ.get(name)
-        os.environ[name] = value
-        try:
-            return fn(x)
-        finally:
-            if old is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = old
-
-    return run
 
 
 def implementation_names(device):

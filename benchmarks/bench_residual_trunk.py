@@ -25,6 +25,8 @@ import torch
 import vsr_fast
 from vsr_fast import reference
 
+from env_per_call import with_env  # benchmarks/ is on sys.path
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
 SHAPES = {"train64x112": (1, 67, 64, 112), "lr720p": (1, 67, 180, 320), "batch4": (4, 67, 64, 64)}
@@ -89,25 +91,19 @@ def test_trunk_cpu_convolutions(run_interleaved):
     _, weights, biases, x = setup_case(SHAPES["train64x112"])
     x = x.contiguous(memory_format=torch.channels_last)
 
-    def trunk(conv):  # the kernels read VSR_FAST_CPU_CONV per call
-        def call():
-            old = os.environ.get("VSR_FAST_CPU_CONV")
-            os.environ["VSR_FAST_CPU_CONV"] = conv
-            try:
-                with torch.no_grad():
-                    vsr_fast.residual_trunk(x, weights, biases)
-            finally:
-                os.environ.pop("VSR_FAST_CPU_CONV")
-                if old is not None:
-                    os.environ["VSR_FAST_CPU_CONV"] = old
-
-        return call
+    def trunk():
+        with torch.no_grad():
+            vsr_fast.residual_trunk(x, weights, biases)
 
     def ref():
         with torch.no_grad():
             reference.residual_trunk(x, weights, biases)
 
-    impls = {"reference": ref, "vsr_fast_onednn": trunk("onednn"), "vsr_fast_winograd": trunk("auto")}
+    impls = {
+        "reference": ref,
+        "vsr_fast_onednn": with_env(trunk, "VSR_FAST_CPU_CONV", "onednn"),  # read per call
+        "vsr_fast_winograd": with_env(trunk, "VSR_FAST_CPU_CONV", "auto"),
+    }
     group = "trunk30 fp32 CPU convolutions [1, 67, 64, 112] channels_last"
     run_interleaved(group, impls, torch.device("cpu"), 7)
 
